@@ -1,0 +1,3 @@
+#ifndef POPSIGN_DAEMON_API_H
+#define POPSIGN_DAEMON_API_H
+#endif

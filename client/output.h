@@ -1,0 +1,3 @@
+#ifndef POPSIGN_OUTPUT_H
+#define POPSIGN_OUTPUT_H
+#endif

@@ -1,0 +1,34 @@
+/* Cleanup helpers for __attribute__((cleanup)).  Every destructor accepts NULL. */
+#ifndef POPSIGN_UTIL_H
+#define POPSIGN_UTIL_H
+
+#include <stdlib.h>
+#include <unistd.h>
+
+static inline void freep(void *p)
+{
+	free(*(void **)p);
+}
+
+static inline void closep(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+}
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _cleanup_free_ _cleanup_(freep)
+#define _cleanup_close_ _cleanup_(closep)
+
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Hands ownership of *p to the caller and leaves NULL behind. */
+#define TAKE_PTR(p)                            \
+	({                                     \
+		__typeof__(p) *_pp = &(p);     \
+		__typeof__(p) _v = *_pp;       \
+		*_pp = NULL;                   \
+		_v;                            \
+	})
+
+#endif

@@ -1,0 +1,2 @@
+#include "auth.h"
+/* STUB: to be written. */

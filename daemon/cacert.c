@@ -1,0 +1,2 @@
+#include "cacert.h"
+/* STUB: to be written. */

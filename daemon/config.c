@@ -1,0 +1,2 @@
+#include "config.h"
+/* STUB: to be written. */

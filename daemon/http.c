@@ -1,0 +1,2 @@
+#include "http.h"
+/* STUB: to be written. */

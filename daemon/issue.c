@@ -1,0 +1,2 @@
+#include "issue.h"
+/* STUB: to be written. */

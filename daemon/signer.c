@@ -1,0 +1,2 @@
+#include "signer.h"
+/* STUB: to be written. */

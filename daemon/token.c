@@ -1,0 +1,2 @@
+#include "token.h"
+/* STUB: to be written. */

@@ -1,0 +1,2 @@
+#include "uri.h"
+/* STUB: to be written. */
