@@ -1,0 +1,50 @@
+/* The audit trail: one JSON object per line, durable before a certificate
+ * leaves the daemon.
+ *
+ * audit_write() returns only once its record is written and fsync'd; records
+ * of concurrent callers are committed together (group commit) by one writer
+ * thread.  A record is never torn: a write that cannot be completed is cut
+ * back to the last whole line and reported as PS_E_AUDIT. */
+#ifndef POPSIGN_AUDIT_H
+#define POPSIGN_AUDIT_H
+
+#include <stdint.h>
+#include <time.h>
+
+#define AUDIT_FILE_MODE 0640
+#define AUDIT_RECORD_MAX 4096 /* bytes in one line, newline included */
+
+struct audit;
+
+struct audit_record {
+	struct timespec time;       /* CLOCK_REALTIME; written as RFC 3339 UTC with ms */
+	uint64_t request_id;
+	const char *client;         /* NULL: not authenticated */
+	const char *peer;           /* "127.0.0.1:50312" or "uid=1000" */
+	const char *key;            /* NULL: none */
+	const char *code;           /* verification code, NULL: none */
+	const char *context;        /* NULL: none */
+	const char *outcome;        /* "issued" or "denied" */
+	const char *error;          /* API error code for "denied", else NULL */
+	const char *serial;         /* issued only */
+	const char *sha256_fingerprint;
+	time_t not_after;           /* issued only */
+};
+
+/* Opens (creating with AUDIT_FILE_MODE) path for appending and starts the
+ * writer thread.  Returns 0 and *ret (close with audit_close()), or PS_E_IO. */
+int audit_open(const char *path, struct audit **ret);
+
+/* Appends rec and waits until it is durable.  Strings are JSON-escaped.
+ * Returns 0, or PS_E_AUDIT if it could not be written and synced (nothing
+ * of it remains in the file). */
+int audit_write(struct audit *a, const struct audit_record *rec);
+
+/* Reopens the file at the same path (log rotation, SIGHUP).  On failure
+ * keeps the old file open and returns PS_E_IO. */
+int audit_reopen(struct audit *a);
+
+/* Flushes, stops the writer thread, closes.  Accepts NULL. */
+void audit_close(struct audit *a);
+
+#endif
