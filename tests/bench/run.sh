@@ -1,0 +1,274 @@
+#!/bin/sh
+# The benchmark of issue 6, in one run, on one throwaway SoftHSM2 token with
+# an EC P-256 and an RSA-2048 CA key:
+#   1. the token's limit: p11speed, C_Sign with 1, 2 and 4 threads;
+#   2. popsignd through its HTTP API under wrk, 1, 4 and 16 connections;
+#   3. the script way: one `openssl x509 -req` with libp11's pkcs11 engine
+#      per certificate, sequential;
+#   4. `cfssl serve` with the CA key in a file, under wrk, same connections.
+# Prints one table per key type with the ratios and the targets, and writes
+# it to BUILD/bench-results.md (raw figures in BUILD/bench-raw.txt).
+#
+#   tests/bench/run.sh            (from anywhere; as root or with sudo for
+#                                  missing packages)
+#
+# Environment (all optional):
+#   BUILD             build directory (default build-bench)
+#   BENCH_SECONDS     seconds per wrk run (default 6)
+#   BENCH_SIGN_SECONDS seconds per p11speed thread count (default 2)
+#   BENCH_SCRIPT_N    openssl commands per key (default 30)
+#   BENCH_AUDIT       auto (default: on when the daemon accepts audit_log),
+#                     on (refuse to run without it) or off
+#   BENCH_WORKERS     popsignd's `workers` (default: the daemon's default)
+#   BENCH_PROFILE     1: also `perf record -g` popsignd for BENCH_SECONDS
+#                     at 4 connections per key (BUILD/perf-KEY.txt)
+#   P11SPEED, POPSIGND  prebuilt binaries (set by `meson test --benchmark`)
+#
+# Every load generator targets 127.0.0.1 only and stops by itself.
+# Exit status: 0 every target met, 1 a target missed, 2 the run failed.
+set -eu
+cd "$(dirname "$0")/../.."
+top=$(pwd)
+bench="$top/tests/bench"
+build=${BENCH_BUILD_DIR:-${BUILD:-build-bench}}
+case $build in /*) ;; *) build=$top/$build ;; esac
+seconds=${BENCH_SECONDS:-6}
+sign_seconds=${BENCH_SIGN_SECONDS:-2}
+script_n=${BENCH_SCRIPT_N:-30}
+audit=${BENCH_AUDIT:-auto}
+module=/usr/lib/softhsm/libsofthsm2.so
+keys="ec256 rsa2048"
+conns="1 4 16"
+
+say() { printf '== %s\n' "$*" >&2; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 2; }
+
+# --- packages: the project's own, plus the load generator and cfssl ---------
+install_deps() {
+	"$top/.ci/install-deps" || die "could not install the build packages"
+	missing=
+	command -v wrk >/dev/null || missing="$missing wrk"
+	command -v cfssl >/dev/null || missing="$missing golang-cfssl"
+	if [ "${BENCH_PROFILE:-0}" = 1 ]; then
+		command -v perf >/dev/null || missing="$missing linux-perf"
+	fi
+	[ -n "$missing" ] || return 0
+	run=
+	[ "$(id -u)" -eq 0 ] || run=sudo
+	say "installing:$missing"
+	$run apt-get update >&2
+	# shellcheck disable=SC2086
+	DEBIAN_FRONTEND=noninteractive $run apt-get install -y --no-install-recommends \
+		$missing >&2 || die "could not install$missing"
+}
+
+# --- build: p11speed always; popsignd if it builds ---------------------------
+build_all() {
+	if [ -n "${P11SPEED:-}" ]; then
+		popsignd=${POPSIGND:-}
+		return 0
+	fi
+	[ -f "$build/build.ninja" ] || meson setup "$build" >&2 || die "meson setup failed"
+	ninja -C "$build" tests/bench/p11speed >&2 || die "p11speed does not build"
+	P11SPEED=$build/tests/bench/p11speed
+	popsignd=
+	if ninja -C "$build" daemon/popsignd >&2; then
+		popsignd=$build/daemon/popsignd
+	else
+		say "popsignd does not build: its rows will read 'not run'"
+	fi
+}
+
+install_deps
+build_all
+raw=$build/bench-raw.txt
+table=$build/bench-results.md
+mkdir -p "$build"
+: > "$raw"
+
+work=$(mktemp -d)
+daemon_pid=
+cfssl_pid=
+cleanup() {
+	for p in $daemon_pid $cfssl_pid; do
+		kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+	done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 2' INT TERM
+
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wrk with n connections against url; the summary line is tagged and kept.
+wrk_run() { # TARGET KEY CONNS URL SCRIPT-ARGS...
+	target=$1 key=$2 c=$3 url=$4
+	shift 4
+	t=2
+	[ "$c" -ge 2 ] || t=1
+	line=$(wrk -t "$t" -c "$c" -d "${seconds}s" --timeout 5s -s "$bench/post.lua" "$url" -- "$@" |
+		grep '^WRK ') || die "wrk against $target failed"
+	echo "$line" | sed "s/^WRK /WRK target=$target key=$key conns=$c /" | tee -a "$raw" >&2
+}
+
+now() { date +%s.%N; }
+
+say "token with ec256 and rsa2048 in $work"
+"$top/tests/make-token.sh" "$work" $keys || die "make-token.sh failed"
+export SOFTHSM2_CONF="$work/softhsm2.conf"
+pin=$(cat "$work/user.pin")
+echo "INFO cpus=$(nproc) date=$(date -u +%Y-%m-%dT%H:%M:%SZ) commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo none) seconds=$seconds" >> "$raw"
+
+# A CSR like the one a verification certificate carries: CN=<48 hex>, P-256.
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null \
+	-subj "/CN=$(openssl rand -hex 24 | tr a-f A-F)" -out "$work/csr.pem" 2>/dev/null ||
+	die "could not make the CSR"
+
+# --- 1. the token's limit ---------------------------------------------------
+for key in $keys; do
+	say "token limit, $key"
+	"$P11SPEED" "$module" popsign-test "$work/user.pin" "$key" "$sign_seconds" 1 2 4 |
+		tee -a "$raw" >&2
+done
+
+# --- 3. the script way --------------------------------------------------------
+for key in $keys; do
+	say "openssl x509 -req with the pkcs11 engine, $script_n certificates, $key"
+	for i in $(seq "$script_n"); do openssl rand -hex 16; done > "$work/serials"
+	start=$(now)
+	while read -r serial; do
+		OPENSSL_CONF=/dev/null openssl x509 -req -in "$work/csr.pem" -CA "$work/$key.pem" \
+			-engine pkcs11 -CAkeyform engine \
+			-CAkey "pkcs11:token=popsign-test;object=$key;type=private;pin-value=$pin" \
+			-sha256 -days 1 -set_serial "0x$serial" -out "$work/script.pem" 2>"$work/script.err" ||
+			{ cat "$work/script.err" >&2; die "openssl x509 -req failed"; }
+	done < "$work/serials"
+	end=$(now)
+	openssl verify -CAfile "$work/$key.pem" "$work/script.pem" >/dev/null ||
+		die "the script way made a certificate that does not verify"
+	echo "SCRIPT key=$key certificates=$script_n seconds=$(echo "$end - $start" | bc -l)" |
+		tee -a "$raw" >&2
+done
+
+# --- 4. cfssl serve with the CA key in a file ---------------------------------
+python3 -c 'import json, sys; print(json.dumps({"certificate_request": open(sys.argv[1]).read()}))' \
+	"$work/csr.pem" > "$work/cfssl-body.json"
+for key in $keys; do
+	case $key in
+	ec256) alg="-algorithm EC -pkeyopt ec_paramgen_curve:P-256" ;;
+	rsa2048) alg="-algorithm RSA -pkeyopt rsa_keygen_bits:2048" ;;
+	esac
+	# shellcheck disable=SC2086
+	openssl genpkey $alg -out "$work/cfssl-$key-key.pem" 2>/dev/null
+	openssl req -new -x509 -key "$work/cfssl-$key-key.pem" -subj "/CN=cfssl bench CA $key" \
+		-days 30 -sha256 -addext basicConstraints=critical,CA:TRUE \
+		-addext keyUsage=critical,keyCertSign,cRLSign -out "$work/cfssl-$key.pem"
+	port=$(free_port)
+	cfssl serve -address 127.0.0.1 -port "$port" -ca "$work/cfssl-$key.pem" \
+		-ca-key "$work/cfssl-$key-key.pem" > "$work/cfssl.log" 2>&1 &
+	cfssl_pid=$!
+	for _ in $(seq 100); do
+		python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])))' \
+			"$port" 2>/dev/null && break
+		sleep 0.1
+	done
+	say "cfssl serve, $key, port $port"
+	for c in $conns; do
+		wrk_run cfssl "$key" "$c" "http://127.0.0.1:$port" cfssl "$work/cfssl-body.json"
+	done
+	kill "$cfssl_pid"
+	wait "$cfssl_pid" 2>/dev/null || true
+	cfssl_pid=
+done
+
+# --- 2. popsignd ---------------------------------------------------------------
+write_config() { # WITH_AUDIT
+	{
+		printf '[daemon]\nlisten = 127.0.0.1:0\nvalidity = 1d\n'
+		[ -z "${BENCH_WORKERS:-}" ] || printf 'workers = %s\n' "$BENCH_WORKERS"
+		[ "$1" = 0 ] || printf 'audit_log = %s\n' "$work/audit.log"
+		for key in $keys; do
+			printf '\n[key %s]\nuri = pkcs11:token=popsign-test;object=%s;type=private' "$key" "$key"
+			printf '?module-path=%s&pin-source=file:%s\n' "$module" "$work/user.pin"
+			printf 'certificate = %s\n' "$work/$key.pem"
+		done
+		printf '\n[client bench]\ntoken_sha256 = %s\nkeys = *\n' "$token_sha256"
+	} > "$work/popsignd.conf"
+}
+
+# Sums VmRSS over the daemon and every process below it.
+rss_tree() { # PID
+	kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0)
+	echo "RSS pid=$1 comm=$(cat "/proc/$1/comm" 2>/dev/null) kib=${kib:-0}" >> "$raw"
+	for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+		rss_tree "$child"
+	done
+}
+
+start_daemon() {
+	"$popsignd" -c "$work/popsignd.conf" 2> "$work/popsignd.log" &
+	daemon_pid=$!
+	port=
+	for _ in $(seq 100); do
+		port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/popsignd.log" | head -n 1)
+		[ -n "$port" ] && return 0
+		kill -0 "$daemon_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	cat "$work/popsignd.log" >&2
+	die "popsignd did not start"
+}
+
+if [ -n "$popsignd" ]; then
+	token=$(openssl rand -hex 32)
+	printf '%s\n' "$token" > "$work/caller.token"
+	token_sha256=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+	with_audit=1
+	[ "$audit" = off ] && with_audit=0
+	write_config "$with_audit"
+	if [ "$with_audit" = 1 ] && ! "$popsignd" -t -c "$work/popsignd.conf" > "$work/check.log" 2>&1; then
+		[ "$audit" = auto ] && grep -q audit_log "$work/check.log" ||
+			{ cat "$work/check.log" >&2; die "popsignd -t refused the bench config"; }
+		say "popsignd does not take audit_log yet: measuring without the audit log"
+		with_audit=0
+		write_config 0
+	fi
+	echo "INFO audit_log=$with_audit" >> "$raw"
+	start_daemon
+	say "popsignd on port $port (audit log: $with_audit)"
+	url="http://127.0.0.1:$port"
+	for key in $keys; do
+		# Warm-up: sessions, caches and page faults are not measured.
+		saved=$seconds seconds=1
+		wrk_run warmup "$key" 4 "$url" popsign "$key" "$work/caller.token" 2>/dev/null
+		seconds=$saved
+		for c in $conns; do
+			wrk_run popsignd "$key" "$c" "$url" popsign "$key" "$work/caller.token"
+		done
+		if [ "${BENCH_PROFILE:-0}" = 1 ]; then
+			say "perf record -g on popsignd, $key, 4 connections"
+			perf record -g -o "$work/perf.data" -p "$daemon_pid" -- sleep "$seconds" \
+				> /dev/null 2>&1 &
+			perf_pid=$!
+			wrk_run profile "$key" 4 "$url" popsign "$key" "$work/caller.token"
+			wait "$perf_pid" || true
+			perf report -i "$work/perf.data" --no-children --percent-limit 0.5 --stdio \
+				> "$build/perf-$key.txt" 2>/dev/null || true
+		fi
+	done
+	kill -0 "$daemon_pid" 2>/dev/null || die "popsignd died under load"
+	rss_tree "$daemon_pid"
+	kill "$daemon_pid"
+	wait "$daemon_pid" 2>/dev/null || true
+	daemon_pid=
+	[ "$with_audit" = 0 ] || echo "INFO audit_lines=$(wc -l < "$work/audit.log")" >> "$raw"
+fi
+
+python3 "$bench/table.py" "$raw" > "$table" || die "table.py failed"
+cat "$table"
+echo
+echo "written to $table"
+grep -q '| FAIL |' "$table" && exit 1
+exit 0
