@@ -763,7 +763,7 @@ static int token_new(struct module *m, CK_SLOT_ID slot, const char *label, unsig
 static int set_token(struct token_set *set, struct module *m, CK_SLOT_ID slot, const char *label,
 		     struct token **ret)
 {
-	struct token *t;
+	struct token *t = NULL;
 	int r;
 
 	for (t = set->tokens; t; t = t->next)
@@ -940,7 +940,7 @@ int token_set_add_key(struct token_set *set, const struct key_uri *uri, struct t
 	struct token_key *k = NULL;
 	struct p11_fail f = { 0 };
 	struct module *m;
-	struct token *t;
+	struct token *t = NULL;
 	struct session *s;
 	char label[33] = "";
 	CK_SLOT_ID slot = 0;
