@@ -1,1 +1,575 @@
-int main(void) { return 1; }
+/* popsign: the command-line client of popsignd.
+ *
+ *   popsign [--url URL] [--token-file FILE] [--json] COMMAND [ARGUMENTS]
+ *
+ * Options go before or after the command.  Each command says which of the
+ * command options it takes; the exit codes are the one table in
+ * exit_code.h, printed by --help. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "bearer.h"
+#include "code.h"
+#include "daemon_api.h"
+#include "error.h"
+#include "exit_code.h"
+#include "output.h"
+#include "secret.h"
+#include "transport.h"
+#include "util.h"
+
+#define ENV_URL "POPSIGN_URL"
+#define POSITIONAL_MAX 8
+
+enum option_id {
+	OPT_HELP = 'h',
+	OPT_OUTPUT = 'o',
+	OPT_VERSION = 'V',
+	OPT_URL = 0x100,
+	OPT_TOKEN_FILE,
+	OPT_JSON,
+	OPT_DER,
+	OPT_FORCE,
+};
+
+/* Bits of struct options.given, one per option that is not global. */
+enum {
+	GIVEN_OUTPUT = 1 << 0,
+	GIVEN_DER = 1 << 1,
+	GIVEN_FORCE = 1 << 2,
+};
+
+struct options {
+	const char *url;        /* --url, or NULL */
+	const char *token_file; /* --token-file, or NULL */
+	const char *output;     /* -o, or NULL: standard output */
+	bool json, der, force, help, version;
+	unsigned given;         /* GIVEN_* */
+	char *args[POSITIONAL_MAX]; /* the command and its arguments */
+	size_t n_args;
+};
+
+struct command {
+	const char *name;
+	int (*run)(const struct options *o);
+	size_t min_args, max_args; /* after the command's name */
+	unsigned options;          /* GIVEN_* it accepts */
+	bool needs_daemon;
+};
+
+static const char usage_text[] =
+	"Usage: popsign [OPTIONS] COMMAND [ARGUMENTS]\n"
+	"\n"
+	"Gets CA and verification certificates from popsignd, which keeps the CA\n"
+	"keys in a PKCS#11 token and never lets them out.\n"
+	"\n"
+	"Commands:\n"
+	"  keys                   list the keys this client may use\n"
+	"  ca-cert KEY            the CA certificate of KEY (PEM)\n"
+	"  sign KEY CODE          a verification certificate with subject CN=CODE,\n"
+	"                         signed by KEY: the file to upload to DPS or IoT Hub\n"
+	"  token-new              make a new bearer token, write it to the token file\n"
+	"                         (mode 0600) and print the token_sha256 line for\n"
+	"                         popsignd.conf\n"
+	"  help                   show this help\n"
+	"\n"
+	"Options, before or after the command:\n"
+	"  --url URL              popsignd's address (default: $" ENV_URL ", else\n"
+	"                         " DAEMON_API_DEFAULT_URL "); only http:// for now\n"
+	"  --token-file FILE      the bearer token (default: $" BEARER_ENV_FILE ", else\n"
+	"                         $XDG_CONFIG_HOME/popsign/token or\n"
+	"                         ~/.config/popsign/token); group and others must\n"
+	"                         have no access to it (chmod 600)\n"
+	"  --json                 print popsignd's JSON answer (keys, sign)\n"
+	"  -o, --output FILE      ca-cert, sign, token-new: write FILE (whole or not\n"
+	"                         at all) instead of standard output (token-new:\n"
+	"                         instead of the token file); '-' is standard output\n"
+	"  --der                  sign: write the certificate as DER, not PEM\n"
+	"  --force                token-new: replace an existing file\n"
+	"  -h, --help             show this help\n"
+	"  -V, --version          show the version\n"
+	"\n"
+	"Exit status:\n";
+
+static void print_usage(FILE *f)
+{
+	fputs(usage_text, f);
+#define PS_EXIT_LINE(name, value, text) fprintf(f, "  %2d  %s\n", value, text);
+	EXIT_CODE_TABLE(PS_EXIT_LINE)
+#undef PS_EXIT_LINE
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	output_errorf("%s", line);
+	fputs("Try 'popsign --help'.\n", stderr);
+	return PS_EXIT_USAGE;
+}
+
+/* Reports a failed popsignd call and returns its exit code. */
+static int daemon_failed(const struct daemon_error *e, const char *token_path)
+{
+	output_daemon_error(stderr, e);
+	if (e->failure == DAEMON_FAILURE_STATUS && e->status == 401 && token_path)
+		output_errorf("the token in %s is not one popsignd knows: compare its "
+			      "token_sha256 with popsignd's configuration",
+			      token_path);
+	return exit_code_for_daemon_error(e);
+}
+
+static int output_failed(int r, const char *what)
+{
+	if (r == PS_E_NOMEM)
+		output_errorf("out of memory");
+	else
+		output_errorf("cannot write %s: %s", what, strerror(errno));
+	return exit_code_for_output_error(r);
+}
+
+/* Writes data to o->output, or to standard output without one. */
+static int emit(const struct options *o, const void *data, size_t len)
+{
+	int r;
+
+	if (!o->output || strcmp(o->output, "-") == 0) {
+		r = output_write_stdout(data, len);
+		return r < 0 ? output_failed(r, "to standard output") : PS_EXIT_OK;
+	}
+	r = output_write_file(o->output, data, len, output_default_mode(), OUTPUT_REPLACE);
+	return r < 0 ? output_failed(r, o->output) : PS_EXIT_OK;
+}
+
+static bool writes_file(const struct options *o)
+{
+	return o->output && strcmp(o->output, "-") != 0;
+}
+
+static int token_failed(int r, const char *path)
+{
+	struct stat st;
+
+	if (r == PS_E_NOT_FOUND)
+		output_errorf("no token file at %s: make one with 'popsign token-new', or "
+			      "name one with --token-file or $" BEARER_ENV_FILE,
+			      path);
+	else if (r == PS_E_PERMISSIONS && stat(path, &st) == 0 && (st.st_mode & 077))
+		output_errorf("%s is accessible by group or others, so it is not used: "
+			      "run 'chmod 600 %s'",
+			      path, path);
+	else if (r == PS_E_PERMISSIONS)
+		output_errorf("cannot read the token file %s: permission denied", path);
+	else if (r == PS_E_TOO_LARGE)
+		output_errorf("%s is larger than %d bytes: not a token file", path,
+			      SECRET_MAX_SIZE);
+	else if (r == PS_E_INVALID_REQUEST)
+		output_errorf("%s is not a usable token file: empty, not a regular file, or "
+			      "holding spaces or control characters",
+			      path);
+	else
+		output_errorf("cannot read the token file %s: %s", path, ps_strerror(r));
+	return exit_code_for_token_error(r);
+}
+
+/* Reads the token file and opens the API: PS_EXIT_OK and both, or an exit
+ * code after reporting why not. */
+static int session_open(const struct options *o, char **ret_path, struct secret **ret_token,
+			struct daemon_api **ret_api)
+{
+	struct daemon_error err = {0};
+	struct secret *token = NULL;
+	char *path = NULL;
+	int r;
+
+	r = bearer_resolve_path(o->token_file, &path, NULL);
+	if (r < 0) {
+		output_errorf("no home directory for the default token file: use --token-file");
+		return exit_code_for_token_error(r);
+	}
+	r = secret_read_file(path, &token);
+	if (r == 0 && !bearer_token_valid(token->data, token->len))
+		r = PS_E_INVALID_REQUEST;
+	if (r < 0) {
+		r = token_failed(r, path);
+		goto fail;
+	}
+	if (daemon_api_new(o->url, token, ret_api, &err) < 0) {
+		r = daemon_failed(&err, NULL);
+		goto fail;
+	}
+	*ret_path = path;
+	*ret_token = token;
+	return PS_EXIT_OK;
+fail:
+	secret_free(token);
+	free(path);
+	return r;
+}
+
+static void session_close(char *path, struct secret *token, struct daemon_api *api)
+{
+	daemon_api_free(api);
+	secret_free(token);
+	free(path);
+}
+
+static int keys_print(const struct options *o, json_t *doc)
+{
+	_cleanup_free_ char *text = NULL;
+	int r;
+
+	if (!o->json) {
+		r = output_keys_table(stdout, json_object_get(doc, "keys"));
+		return r < 0 ? output_failed(r, "to standard output") : PS_EXIT_OK;
+	}
+	r = output_json_text(doc, &text);
+	if (r < 0)
+		return output_failed(r, "JSON");
+	return emit(o, text, strlen(text));
+}
+
+static int run_keys(const struct options *o)
+{
+	struct daemon_error err = {0};
+	struct daemon_api *api = NULL;
+	struct secret *token = NULL;
+	char *path = NULL;
+	json_t *doc = NULL;
+	int r;
+
+	r = session_open(o, &path, &token, &api);
+	if (r != PS_EXIT_OK)
+		return r;
+	if (daemon_api_keys(api, &doc, &err) < 0)
+		r = daemon_failed(&err, path);
+	else
+		r = keys_print(o, doc);
+	json_decref(doc);
+	session_close(path, token, api);
+	return r;
+}
+
+static int run_ca_cert(const struct options *o)
+{
+	const char *key = o->args[1];
+	struct daemon_error err = {0};
+	struct daemon_api *api = NULL;
+	struct secret *token = NULL;
+	char *path = NULL, *pem = NULL;
+	int r;
+
+	if (daemon_check_key(key, &err) < 0)
+		return daemon_failed(&err, NULL);
+	r = session_open(o, &path, &token, &api);
+	if (r != PS_EXIT_OK)
+		return r;
+	if (daemon_api_ca_cert(api, key, &pem, &err) < 0)
+		r = daemon_failed(&err, path);
+	else
+		r = emit(o, pem, strlen(pem));
+	if (r == PS_EXIT_OK && writes_file(o))
+		fprintf(stderr, "wrote the CA certificate of %s to %s\n", key, o->output);
+	free(pem);
+	session_close(path, token, api);
+	return r;
+}
+
+/* The verification certificate in the form asked for. */
+static int sign_emit(const struct options *o, const struct daemon_verification *v)
+{
+	_cleanup_free_ char *json = NULL;
+	unsigned char *der = NULL;
+	size_t der_len = 0;
+	int r;
+
+	if (o->json) {
+		r = output_json_text(v->doc, &json);
+		return r < 0 ? output_failed(r, "JSON") : emit(o, json, strlen(json));
+	}
+	if (!o->der)
+		return emit(o, v->certificate, strlen(v->certificate));
+	/* daemon_api_sign() checked the PEM: only memory can fail here. */
+	if (daemon_cert_pem_to_der(v->certificate, &der, &der_len) < 0) {
+		output_errorf("cannot convert the certificate to DER");
+		return PS_EXIT_INTERNAL;
+	}
+	r = emit(o, der, der_len);
+	OPENSSL_free(der);
+	return r;
+}
+
+static int run_sign(const struct options *o)
+{
+	const char *key = o->args[1], *code = o->args[2];
+	struct daemon_verification *v = NULL;
+	struct daemon_error err = {0};
+	struct daemon_api *api = NULL;
+	struct secret *token = NULL;
+	char *path = NULL;
+	int r;
+
+	if (o->der && o->json)
+		return usage_error("--der and --json exclude each other");
+	if (o->der && !writes_file(o) && isatty(STDOUT_FILENO))
+		return usage_error("not writing DER to a terminal: use -o FILE");
+	if (daemon_check_sign_input(key, code, NULL, &err) < 0)
+		return daemon_failed(&err, NULL);
+	r = session_open(o, &path, &token, &api);
+	if (r != PS_EXIT_OK)
+		return r;
+	if (daemon_api_sign(api, key, code, NULL, &v, &err) < 0)
+		r = daemon_failed(&err, path);
+	else
+		r = sign_emit(o, v);
+	if (r == PS_EXIT_OK && writes_file(o))
+		fprintf(stderr, "wrote verification certificate for CN=%s to %s\n", code, o->output);
+	daemon_verification_free(v);
+	session_close(path, token, api);
+	return r;
+}
+
+/* Writes token (with a newline) to path, mode 0600. */
+static int token_write(const struct options *o, const char *path, bool is_default,
+		       const char *token)
+{
+	char line[BEARER_TOKEN_HEX_LEN + 2];
+	int r;
+
+	if (is_default && bearer_make_parent_dirs(path) < 0)
+		return output_failed(PS_E_IO, path);
+	snprintf(line, sizeof(line), "%s\n", token);
+	r = output_write_file(path, line, strlen(line), 0600, o->force ? OUTPUT_REPLACE : 0);
+	OPENSSL_cleanse(line, sizeof(line));
+	if (r < 0 && errno == EEXIST) {
+		output_errorf("%s exists: use --force to replace it (popsignd then needs the "
+			      "new token_sha256)",
+			      path);
+		return PS_EXIT_OUTPUT;
+	}
+	return r < 0 ? output_failed(r, path) : PS_EXIT_OK;
+}
+
+static int run_token_new(const struct options *o)
+{
+	char token[BEARER_TOKEN_HEX_LEN + 1], hash[BEARER_SHA256_HEX_LEN + 1];
+	_cleanup_free_ char *path = NULL;
+	bool is_default = false;
+	int r;
+
+	if (o->output && strcmp(o->output, "-") == 0)
+		return usage_error("the token is never written to standard output");
+	r = o->output ? ((path = strdup(o->output)) ? 0 : PS_E_NOMEM)
+		      : bearer_resolve_path(o->token_file, &path, &is_default);
+	if (r < 0) {
+		output_errorf("no home directory for the default token file: use -o FILE");
+		return r == PS_E_NOMEM ? PS_EXIT_INTERNAL : PS_EXIT_USAGE;
+	}
+	if (bearer_generate(token) < 0 || bearer_sha256_hex(token, strlen(token), hash) < 0) {
+		output_errorf("cannot make random bytes or a SHA-256 hash");
+		return PS_EXIT_INTERNAL;
+	}
+	r = token_write(o, path, is_default, token);
+	OPENSSL_cleanse(token, sizeof(token));
+	if (r != PS_EXIT_OK)
+		return r;
+	fprintf(stderr, "wrote a new token to %s\n", path);
+	if (printf("token_sha256 = %s\n", hash) < 0 || fflush(stdout) != 0)
+		return output_failed(PS_E_IO, "to standard output");
+	return PS_EXIT_OK;
+}
+
+static const struct command commands[] = {
+	{"keys", run_keys, 0, 0, 0, true},
+	{"ca-cert", run_ca_cert, 1, 1, GIVEN_OUTPUT, true},
+	{"sign", run_sign, 2, 2, GIVEN_OUTPUT | GIVEN_DER, true},
+	{"token-new", run_token_new, 0, 0, GIVEN_OUTPUT | GIVEN_FORCE, false},
+};
+
+static const struct option long_options[] = {
+	{"url", required_argument, NULL, OPT_URL},
+	{"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+	{"json", no_argument, NULL, OPT_JSON},
+	{"output", required_argument, NULL, OPT_OUTPUT},
+	{"der", no_argument, NULL, OPT_DER},
+	{"force", no_argument, NULL, OPT_FORCE},
+	{"help", no_argument, NULL, OPT_HELP},
+	{"version", no_argument, NULL, OPT_VERSION},
+	{NULL, 0, NULL, 0},
+};
+
+/* Sets what option c (with argument arg) asks for; 1 is an argument. */
+static int take_option(struct options *o, int c, char *arg)
+{
+	switch (c) {
+	case 1:
+		if (o->n_args == POSITIONAL_MAX)
+			return usage_error("too many arguments");
+		o->args[o->n_args++] = arg;
+		return PS_EXIT_OK;
+	case OPT_URL:
+		o->url = arg;
+		return PS_EXIT_OK;
+	case OPT_TOKEN_FILE:
+		o->token_file = arg;
+		return PS_EXIT_OK;
+	case OPT_OUTPUT:
+		o->output = arg;
+		o->given |= GIVEN_OUTPUT;
+		return PS_EXIT_OK;
+	case OPT_JSON:
+		o->json = true;
+		return PS_EXIT_OK;
+	case OPT_DER:
+		o->der = true;
+		o->given |= GIVEN_DER;
+		return PS_EXIT_OK;
+	case OPT_FORCE:
+		o->force = true;
+		o->given |= GIVEN_FORCE;
+		return PS_EXIT_OK;
+	case OPT_HELP:
+		o->help = true;
+		return PS_EXIT_OK;
+	case OPT_VERSION:
+		o->version = true;
+		return PS_EXIT_OK;
+	}
+	return PS_EXIT_USAGE;
+}
+
+/* Options anywhere: a leading '-' in the option string hands each argument
+ * that is not an option back in order, as option 1, whatever
+ * POSIXLY_CORRECT says; ':' reports a missing value apart. */
+static int parse_options(int argc, char **argv, struct options *o)
+{
+	int c, r;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "-:ho:V", long_options, NULL)) != -1) {
+		if (c == '?' && optopt)
+			return usage_error("unknown option '-%c'", optopt);
+		if (c == '?')
+			return usage_error("unknown option '%s'", argv[optind - 1]);
+		if (c == ':')
+			return usage_error("option '%s' needs a value", argv[optind - 1]);
+		r = take_option(o, c, optarg);
+		if (r != PS_EXIT_OK)
+			return r;
+	}
+	/* After "--" the rest are arguments, even those starting with '-'. */
+	for (; optind < argc; optind++) {
+		r = take_option(o, 1, argv[optind]);
+		if (r != PS_EXIT_OK)
+			return r;
+	}
+	return PS_EXIT_OK;
+}
+
+static const struct command *command_find(const char *name)
+{
+	for (size_t i = 0; i < ELEMENTSOF(commands); i++)
+		if (strcmp(commands[i].name, name) == 0)
+			return &commands[i];
+	return NULL;
+}
+
+/* Checks the arguments and options given fit cmd. */
+static int command_check(const struct command *cmd, const struct options *o)
+{
+	static const char *const names[] = {"-o/--output", "--der", "--force"};
+	size_t n = o->n_args - 1;
+
+	for (size_t i = 0; i < ELEMENTSOF(names); i++)
+		if ((o->given & ~cmd->options) & (1u << i))
+			return usage_error("%s does not apply to '%s'", names[i], cmd->name);
+	if (n < cmd->min_args)
+		return usage_error("'%s' needs more arguments", cmd->name);
+	if (n > cmd->max_args)
+		return usage_error("too many arguments for '%s'", cmd->name);
+	return PS_EXIT_OK;
+}
+
+/* Settles o->url: --url, else $POPSIGN_URL, else the default; checked. */
+static int resolve_url(struct options *o)
+{
+	const char *env = getenv(ENV_URL), *why = NULL;
+	char *base = NULL;
+	int r;
+
+	if (!o->url)
+		o->url = env && env[0] ? env : DAEMON_API_DEFAULT_URL;
+	r = daemon_api_url_check(o->url, &base, &why);
+	free(base);
+	if (r == PS_E_INVALID_REQUEST)
+		return usage_error("invalid %s: %s", env && o->url == env ? "$" ENV_URL : "--url",
+				   why);
+	if (r < 0) {
+		output_errorf("out of memory");
+		return PS_EXIT_INTERNAL;
+	}
+	return PS_EXIT_OK;
+}
+
+static int dispatch(struct options *o)
+{
+	const struct command *cmd;
+	int r;
+
+	if (o->help || (o->n_args > 0 && strcmp(o->args[0], "help") == 0)) {
+		print_usage(stdout);
+		return fflush(stdout) == 0 ? PS_EXIT_OK : PS_EXIT_OUTPUT;
+	}
+	if (o->version) {
+		printf("popsign %s\n", POPSIGN_VERSION);
+		return fflush(stdout) == 0 ? PS_EXIT_OK : PS_EXIT_OUTPUT;
+	}
+	if (o->n_args == 0) {
+		print_usage(stderr);
+		return PS_EXIT_USAGE;
+	}
+	cmd = command_find(o->args[0]);
+	if (!cmd)
+		return usage_error("unknown command '%s'", o->args[0]);
+	r = command_check(cmd, o);
+	if (r == PS_EXIT_OK && cmd->needs_daemon)
+		r = resolve_url(o);
+	if (r != PS_EXIT_OK)
+		return r;
+	return cmd->run(o);
+}
+
+int main(int argc, char **argv)
+{
+	struct options o = {0};
+	int r;
+
+	/* The process holds a bearer token: no core dumps, no ptrace by peers. */
+	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	r = parse_options(argc, argv, &o);
+	if (r != PS_EXIT_OK)
+		return r;
+	if (transport_global_init() < 0) {
+		output_errorf("cannot initialise libcurl");
+		return PS_EXIT_INTERNAL;
+	}
+	r = dispatch(&o);
+	transport_global_cleanup();
+	return r;
+}
