@@ -180,12 +180,12 @@ static int module_acquire(const char *canon, struct module **ret)
 
 static void module_release(struct module *m)
 {
-	struct module **p;
-
 	pthread_mutex_lock(&modules_lock);
 	if (--m->refs == 0) {
-		for (p = &modules; *p != m; p = &(*p)->next)
-			;
+		struct module **p = &modules;
+
+		while (*p != m)
+			p = &(*p)->next;
 		*p = m->next;
 		module_destroy(m);
 	}
@@ -763,7 +763,7 @@ static int token_new(struct module *m, CK_SLOT_ID slot, const char *label, unsig
 static int set_token(struct token_set *set, struct module *m, CK_SLOT_ID slot, const char *label,
 		     struct token **ret)
 {
-	struct token *t = NULL;
+	struct token *t;
 	int r;
 
 	for (t = set->tokens; t; t = t->next)
@@ -935,26 +935,43 @@ static void key_setup_log(const struct token_key *k, int r, const struct p11_fai
 		log_error("key %s: " FAIL_FMT, k->name, FAIL_ARGS(*f));
 }
 
-int token_set_add_key(struct token_set *set, const struct key_uri *uri, struct token_key **ret)
+/* The set's token uri names, its PIN read. */
+static int set_token_for(struct token_set *set, const struct key_uri *uri, struct token **ret)
 {
-	struct token_key *k = NULL;
-	struct p11_fail f = { 0 };
-	struct module *m;
-	struct token *t = NULL;
-	struct session *s;
 	char label[33] = "";
 	CK_SLOT_ID slot = 0;
+	struct module *m;
+	struct token *t;
 	int r;
 
 	r = set_module(set, uri->module_path, &m);
-	if (r == 0)
-		r = slot_find(m, uri, &slot, label);
-	if (r == 0)
-		r = set_token(set, m, slot, label, &t);
-	if (r == 0)
-		r = token_read_pin(t, uri->pin_file);
-	if (r == 0)
-		r = key_new(t, uri, &k);
+	if (r < 0)
+		return r;
+	r = slot_find(m, uri, &slot, label);
+	if (r < 0)
+		return r;
+	r = set_token(set, m, slot, label, &t);
+	if (r < 0)
+		return r;
+	r = token_read_pin(t, uri->pin_file);
+	if (r < 0)
+		return r;
+	*ret = t;
+	return 0;
+}
+
+int token_set_add_key(struct token_set *set, const struct key_uri *uri, struct token_key **ret)
+{
+	struct p11_fail f = { 0 };
+	struct token_key *k;
+	struct session *s;
+	struct token *t;
+	int r;
+
+	r = set_token_for(set, uri, &t);
+	if (r < 0)
+		return r;
+	r = key_new(t, uri, &k);
 	if (r < 0)
 		return r;
 	s = session_take(t);
