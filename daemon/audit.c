@@ -32,8 +32,8 @@
 #include "text.h"
 #include "util.h"
 
-/* "2026-11-26T17:45:52.123Z" and its NUL. */
-#define AUDIT_TIME_LEN 25
+/* "2026-11-26T17:45:52.123Z" (24 bytes) and its NUL, with room for any struct tm. */
+#define AUDIT_TIME_LEN 80
 
 /* A caller sleeping until its line is committed; lives on its stack. */
 struct waiter {
@@ -62,27 +62,21 @@ struct audit {
 	pthread_t thread;
 };
 
-static void json_decrefp(json_t **j)
-{
-	json_decref(*j);
-}
-
 static void format_time(const struct timespec *ts, char out[AUDIT_TIME_LEN])
 {
 	long ms = ts->tv_nsec >= 0 && ts->tv_nsec < 1000000000L ? ts->tv_nsec / 1000000L : 0;
-	char date[RFC3339_LEN];
-	struct tm tm;
+	struct tm tm = { 0 };
 
 	gmtime_r(&ts->tv_sec, &tm);
-	strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(out, AUDIT_TIME_LEN, "%s.%03ldZ", date, ms);
+	snprintf(out, AUDIT_TIME_LEN, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
 }
 
 /* Formats rec as one JSON line with its newline: 0 and *ret_line (free it),
  * or PS_E_AUDIT for a line that cannot be built or is too long. */
 static int format_line(const struct audit_record *rec, char **ret_line, size_t *ret_len)
 {
-	_cleanup_(json_decrefp) json_t *obj = NULL;
+	_cleanup_(json_decrefp) json_t *obj = NULL; /* jansson's own, 2.11 and later */
 	char when[AUDIT_TIME_LEN], not_after[RFC3339_LEN];
 	char *text;
 	size_t len;
