@@ -11,7 +11,7 @@
 #include <time.h>
 
 #include "error.h"
-#include "limits.h"
+#include "ratelimit.h"
 
 static struct limits *new_ok(size_t n)
 {

@@ -11,7 +11,7 @@
  * connection has its own port) or "uid=N".  Peer strings longer than
  * LIMITS_PEER_LEN - 1 bytes are compared on that prefix only, which can only
  * make two peers share a count, never let one escape it. */
-#include "limits.h"
+#include "ratelimit.h"
 
 #include <pthread.h>
 #include <stdbool.h>

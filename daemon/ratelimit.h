@@ -1,6 +1,6 @@
 /* Per-client token buckets and per-peer authentication-failure back-off. */
-#ifndef POPSIGN_LIMITS_H
-#define POPSIGN_LIMITS_H
+#ifndef POPSIGN_RATELIMIT_H
+#define POPSIGN_RATELIMIT_H
 
 #include <stddef.h>
 
