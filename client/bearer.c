@@ -104,12 +104,23 @@ int bearer_sha256_hex(const char *token, size_t len, char out[BEARER_SHA256_HEX_
 	return 0;
 }
 
+static bool is_token_char(char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+	       c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/';
+}
+
 bool bearer_token_valid(const char *token, size_t len)
 {
-	if (!token || len == 0)
+	size_t i = 0;
+
+	if (!token || len > BEARER_TOKEN_MAX)
 		return false;
-	for (size_t i = 0; i < len; i++)
-		if ((unsigned char)token[i] <= 0x20 || (unsigned char)token[i] >= 0x7f)
-			return false;
-	return true;
+	while (i < len && is_token_char(token[i]))
+		i++;
+	if (i == 0)
+		return false;
+	while (i < len && token[i] == '=')
+		i++;
+	return i == len;
 }

@@ -9,6 +9,7 @@
 #define BEARER_TOKEN_BYTES 32                    /* random bytes in a new token */
 #define BEARER_TOKEN_HEX_LEN (2 * BEARER_TOKEN_BYTES)
 #define BEARER_SHA256_HEX_LEN 64
+#define BEARER_TOKEN_MAX 512                     /* longest token popsignd looks at */
 #define BEARER_ENV_FILE "POPSIGN_TOKEN_FILE"
 
 /* The token file to use: option if not NULL, else $POPSIGN_TOKEN_FILE if set
@@ -37,8 +38,10 @@ int bearer_generate(char out[BEARER_TOKEN_HEX_LEN + 1]);
  * 0, or PS_E_CRYPTO with out untouched. */
 int bearer_sha256_hex(const char *token, size_t len, char out[BEARER_SHA256_HEX_LEN + 1]);
 
-/* True if token is 1 or more printable ASCII characters other than space:
- * anything else could not travel in an Authorization header. */
+/* True if token is an RFC 6750 b64token of at most BEARER_TOKEN_MAX
+ * characters: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".
+ * popsignd refuses anything else, and nothing else can travel safely in an
+ * Authorization header. */
 bool bearer_token_valid(const char *token, size_t len);
 
 #endif

@@ -141,7 +141,7 @@ int daemon_api_new(const char *url, const struct secret *token, struct daemon_ap
 
 	if (token && !bearer_token_valid(token->data, token->len)) {
 		daemon_error_set(err, DAEMON_FAILURE_INPUT,
-				 "the token holds characters a bearer token cannot have");
+				 "the token file does not hold a bearer token");
 		return PS_E_INVALID_REQUEST;
 	}
 	r = daemon_api_url_check(url, &base, &why);
@@ -264,7 +264,7 @@ int daemon_error_from_answer(long status, const char *body, size_t len, struct d
 
 	if (!code || !message) {
 		daemon_error_set(err, DAEMON_FAILURE_STATUS,
-				 "popsignd answered HTTP %ld without an API v1 error body", status);
+				 "popsignd's error answer is not an API v1 error body");
 		code = NULL;
 	} else {
 		daemon_error_set(err, DAEMON_FAILURE_STATUS, "%s", message);

@@ -98,8 +98,7 @@ int daemon_api_url_check(const char *url, char **ret, const char **why);
 
 /* A handle for the daemon at url (checked with daemon_api_url_check())
  * sending token, which is borrowed and must outlive the handle; NULL sends
- * no Authorization header.  The token must be printable ASCII without
- * spaces.  Returns 0 and *ret (free with daemon_api_free()); on failure
+ * no Authorization header.  The token must pass bearer_token_valid().  Returns 0 and *ret (free with daemon_api_free()); on failure
  * fills *err (DAEMON_FAILURE_INPUT for the URL or token, or
  * DAEMON_FAILURE_INTERNAL) and leaves *ret untouched. */
 int daemon_api_new(const char *url, const struct secret *token, struct daemon_api **ret,

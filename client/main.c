@@ -181,8 +181,9 @@ static int token_failed(int r, const char *path)
 			      SECRET_MAX_SIZE);
 	else if (r == PS_E_INVALID_REQUEST)
 		output_errorf("%s is not a usable token file: empty, not a regular file, or "
-			      "holding spaces or control characters",
-			      path);
+			      "not a bearer token (at most %d of A-Z a-z 0-9 - . _ ~ + /, "
+			      "then '=' padding)",
+			      path, BEARER_TOKEN_MAX);
 	else
 		output_errorf("cannot read the token file %s: %s", path, ps_strerror(r));
 	return exit_code_for_token_error(r);

@@ -208,8 +208,10 @@ static int set_request(CURL *h, const struct transport_request *req, struct curl
 	return rc == 0 ? 0 : PS_E_INTERNAL;
 }
 
-static int map_curl_error(CURLcode rc, const struct body *b)
+static int map_curl_error(CURL *h, CURLcode rc, const struct body *b)
 {
+	const char *ip = NULL;
+
 	if (b->overflow)
 		return PS_E_TOO_LARGE;
 	if (b->nomem)
@@ -222,6 +224,10 @@ static int map_curl_error(CURLcode rc, const struct body *b)
 	case CURLE_OUT_OF_MEMORY:
 		return PS_E_NOMEM;
 	case CURLE_UNSUPPORTED_PROTOCOL:
+		/* Also what an HTTP/0.9 answer (any non-HTTP server) gets: with a
+		 * connection made, the scheme was fine and the answer was not. */
+		if (curl_easy_getinfo(h, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip && ip[0])
+			return PS_E_INVALID_REQUEST;
 		return PS_E_UNSUPPORTED;
 	case CURLE_WEIRD_SERVER_REPLY:
 		return PS_E_INVALID_REQUEST;
@@ -287,7 +293,7 @@ int transport_perform(const struct transport_request *req, struct transport_resp
 	}
 	rc = curl_easy_perform(h);
 	if (rc != CURLE_OK) {
-		r = map_curl_error(rc, &b);
+		r = map_curl_error(h, rc, &b);
 		if (b.overflow)
 			snprintf(errbuf, TRANSPORT_ERROR_MAX, "the response is larger than %zu bytes",
 				 req->max_response);
