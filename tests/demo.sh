@@ -31,7 +31,7 @@ step "a throwaway SoftHSM2 token in $work with CA keys ec256 and rsa2048"
 tests/make-token.sh "$work" ec256 rsa2048
 export SOFTHSM2_CONF="$work/softhsm2.conf"
 pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label popsign-test \
-	--login --pin-source "file:$work/user.pin" --list-objects --type privkey 2>/dev/null \
+	--login --pin "$(cat "$work/user.pin")" --list-objects --type privkey 2>/dev/null \
 	| grep -E 'label|Access' | sed 's/^/   /' || true
 
 step "a caller token for the daemon config"
