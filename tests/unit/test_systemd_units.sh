@@ -14,7 +14,14 @@ set -eu
 
 MAX_EXPOSURE=1.5
 
-service=$1 socket=$2 sysusers=$3 tmpfiles=$4
+# Absolute paths: systemd-sysusers --root= reads relative ones inside the root.
+abspath() {
+	case "$1" in
+	/*) echo "$1" ;;
+	*) echo "$PWD/$1" ;;
+	esac
+}
+service=$(abspath "$1") socket=$(abspath "$2") sysusers=$(abspath "$3") tmpfiles=$(abspath "$4")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -107,11 +114,20 @@ while read -r type path mode user group rest; do
 	'' | '#'*) continue ;;
 	*) fail "unexpected tmpfiles line type $type" ;;
 	esac
+	# The policy: configuration readable by the daemon's group only, the
+	# audit trail by popsign's group only, the socket directory searchable.
+	case "$path" in
+	*/etc/popsign) policy="0750 root popsign" ;;
+	/var/log/popsign) policy="0750 popsign popsign" ;;
+	/run/popsign) policy="0755 popsign popsign" ;;
+	*) fail "unexpected directory $path in $tmpfiles" ;;
+	esac
+	[ "$mode $user $group" = "$policy" ] || fail "$path is declared '$mode $user $group', want '$policy'"
 	[ -d "$root$path" ] || fail "tmpfiles did not make $path"
 	got=$(stat -c '%a %u %g' "$root$path")
 	want="$(echo "$mode" | sed 's/^0*//') $(id_in passwd "$user") $(id_in group "$group")"
 	[ "$got" = "$want" ] || fail "$path is '$got' (mode uid gid), want '$want'"
 	n=$((n + 1))
 done <"$tmpfiles"
-[ "$n" -ge 3 ] || fail "only $n directories in $tmpfiles"
+[ "$n" -eq 3 ] || fail "$n directories in $tmpfiles, want 3"
 echo "sysusers and tmpfiles: user popsign, $n directories as declared"
