@@ -32,12 +32,18 @@ struct audit_record {
 };
 
 /* Opens (creating with AUDIT_FILE_MODE) path for appending and starts the
- * writer thread.  Returns 0 and *ret (close with audit_close()), or PS_E_IO. */
+ * writer thread.  Returns 0 and *ret (close with audit_close()), or PS_E_IO.
+ * Refuses anything but a regular file (symbolic links, devices, FIFOs).  A
+ * partial last line left by a crash is cut off; a file whose unterminated
+ * tail is longer than AUDIT_RECORD_MAX is not an audit trail and is refused.
+ * The same holds for audit_reopen(). */
 int audit_open(const char *path, struct audit **ret);
 
-/* Appends rec and waits until it is durable.  Strings are JSON-escaped.
- * Returns 0, or PS_E_AUDIT if it could not be written and synced (nothing
- * of it remains in the file). */
+/* Appends rec and waits until it is durable.  Strings are JSON-escaped (the
+ * line is ASCII); NULL members and a zero not_after are left out.  Returns 0,
+ * or PS_E_AUDIT if it could not be written and synced (nothing of it remains
+ * in the file), if a string is not UTF-8, if outcome is NULL, or if the line
+ * would be longer than AUDIT_RECORD_MAX: callers bound what they pass. */
 int audit_write(struct audit *a, const struct audit_record *rec);
 
 /* Reopens the file at the same path (log rotation, SIGHUP).  On failure
