@@ -139,6 +139,17 @@ static void batch_finish(struct batch *b, int result)
 	b->len = 0;
 }
 
+/* Moves the lines and callers of pending (under the lock) into the empty
+ * work, which lends pending its buffer: callers keep appending while the
+ * writer commits. */
+static void batch_take(struct batch *work, struct batch *pending)
+{
+	struct batch spare = *work;
+
+	*work = *pending;
+	*pending = (struct batch){ .data = spare.data, .cap = spare.cap };
+}
+
 static int write_all(int fd, const char *data, size_t len)
 {
 	while (len > 0) {
@@ -197,10 +208,7 @@ static void *writer_main(void *arg)
 		}
 		if (a->pending.len == 0)
 			break; /* stopping, and everything is committed */
-		/* Swap buffers: callers keep appending while this batch is written. */
-		struct batch next = work;
-		work = a->pending;
-		a->pending = (struct batch){ .data = next.data, .cap = next.cap };
+		batch_take(&work, &a->pending);
 		broken = a->broken;
 		pthread_mutex_unlock(&a->lock);
 		r = broken ? PS_E_AUDIT : commit(a->fd, work.data, work.len, &broken);
