@@ -1,5 +1,6 @@
 /* auth_authenticate and auth_may_use_key against a real config file. */
 #include <check.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,14 +13,11 @@
 #include "error.h"
 #include "text.h"
 
-/* Not <limits.h>: daemon/limits.h shadows it on the include path. */
-#define PATH_BUF 4096
-
 #define GOOD_URI "pkcs11:token=t;object=k;type=private" \
 	"?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/p/k.pin"
 
-static char dir[PATH_BUF];
-static char path[PATH_BUF + 32];
+static char dir[PATH_MAX];
+static char path[PATH_MAX + 32];
 static struct config *cfg;
 static char long_ok[AUTH_TOKEN_MAX + 1];   /* AUTH_TOKEN_MAX characters */
 static char long_bad[AUTH_TOKEN_MAX + 2];  /* one more */

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ini.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,17 +17,14 @@
 #include "error.h"
 #include "uri.h"
 
-/* Not <limits.h>: daemon/limits.h shadows it on the include path. */
-#define PATH_BUF 4096
-
 #define MODULE "module-path=/usr/lib/softhsm/libsofthsm2.so"
 #define GOOD_URI "pkcs11:token=t;object=k;type=private?" MODULE "&pin-source=file:/etc/p/k.pin"
 #define KEY_K "[key k]\nuri = " GOOD_URI "\n"
 #define HASH_A "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 #define HASH_B "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"
 
-static char dir[PATH_BUF];
-static char path[PATH_BUF + 32];
+static char dir[PATH_MAX];
+static char path[PATH_MAX + 32];
 static char err[CONFIG_ERROR_MAX];
 
 static void setup(void)
@@ -532,7 +530,7 @@ START_TEST(example_config_loads)
 	/* Found through this file's own path, relative to the build directory
 	 * the compiler ran in (the test's working directory or its parent). */
 	static const char suffix[] = "tests/unit/test_config.c";
-	char root[PATH_BUF], conf[PATH_BUF + 64], exe[PATH_BUF];
+	char root[PATH_MAX], conf[PATH_MAX + 64], exe[PATH_MAX];
 	const char *candidates[2] = { ".", NULL };
 	struct config *c = NULL;
 	size_t n = strlen(__FILE__) - strlen(suffix);

@@ -1,6 +1,7 @@
 /* The error table: every entry answers with its own status, code and
  * message, and values outside it are internal errors. */
 #include <check.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,7 +81,7 @@ END_TEST
 
 START_TEST(unknown_values)
 {
-	static const int unknown[] = { 1, 2, 200, -22, -100, -999, (-2147483647 - 1), 2147483647, -1000000 };
+	static const int unknown[] = { 1, 2, 200, -22, -100, -999, INT_MIN, INT_MAX, -1000000 };
 
 	for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
 		ck_assert_int_eq(ps_error_http_status(unknown[i]), 500);

@@ -1,5 +1,6 @@
 /* secret_read_file: PIN and token files, their modes, sizes and contents. */
 #include <check.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,11 +10,8 @@
 #include "error.h"
 #include "secret.h"
 
-/* Not <limits.h>: daemon/limits.h shadows it on the include path. */
-#define PATH_BUF 4096
-
-static char dir[PATH_BUF];
-static char path[PATH_BUF + 32];
+static char dir[PATH_MAX];
+static char path[PATH_MAX + 32];
 
 static void setup(void)
 {
