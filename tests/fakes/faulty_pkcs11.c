@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -227,7 +228,8 @@ struct verdict {
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static CK_FUNCTION_LIST_PTR real;
-static char *control_path, *log_path;
+/* Static, not heap: a caller that unloads the module must not leak them. */
+static char control_path[PATH_MAX], log_path[PATH_MAX];
 
 /* Protects everything below: the rules of the current control file. */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -288,7 +290,7 @@ static CK_RV log_call(enum fn fn, CK_RV rv)
 	const char *name = ckr_name(rv);
 	int fd, len;
 
-	if (!log_path)
+	if (!log_path[0])
 		return rv;
 	if (name)
 		len = snprintf(line, sizeof(line), "%s %s\n", fn_names[fn], name);
@@ -383,7 +385,7 @@ static void control_reload(void)
 	struct stat st;
 	FILE *f;
 
-	if (!control_path)
+	if (!control_path[0])
 		return;
 	if (stat(control_path, &st) < 0) {
 		if (have_file) {
@@ -627,10 +629,10 @@ static void load_real(void)
 
 	if (!path || !*path)
 		path = DEFAULT_MODULE;
-	if ((env = getenv("FAULTY_PKCS11_CONTROL")) && *env)
-		control_path = strdup(env);
-	if ((env = getenv("FAULTY_PKCS11_LOG")) && *env)
-		log_path = strdup(env);
+	if ((env = getenv("FAULTY_PKCS11_CONTROL")))
+		snprintf(control_path, sizeof(control_path), "%s", env);
+	if ((env = getenv("FAULTY_PKCS11_LOG")))
+		snprintf(log_path, sizeof(log_path), "%s", env);
 	h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
 	get = h ? (CK_C_GetFunctionList)dlsym(h, "C_GetFunctionList") : NULL;
 	if (!get || get(&real) != CKR_OK || !real) {
