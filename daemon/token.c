@@ -800,7 +800,16 @@ static const char *pin_problem(const char *path, int r)
 	}
 }
 
-/* Reads the token's PIN from path unless one is known already. */
+/* Whether a and b hold the same PIN. */
+static bool pin_same(const struct secret *a, const struct secret *b)
+{
+	return a->len == b->len && bytes_equal_ct(a->data, b->data, a->len);
+}
+
+/* Reads and checks the PIN file path names (NULL: none).  The first PIN of
+ * a token is kept for logging in; every later key's PIN file is still
+ * checked, so a broken pin-source never hides behind a login another key
+ * made, and must hold the same PIN: a second PIN is never offered. */
 static int token_read_pin(struct token *t, const char *path)
 {
 	struct secret *pin = NULL;
@@ -810,15 +819,27 @@ static int token_read_pin(struct token *t, const char *path)
 	if (t->pin_refused) {
 		log_error("token %s: the token refused the PIN before; not trying again", t->label);
 		r = PS_E_PIN;
-	} else if (path && !t->pin) {
-		r = secret_read_file(path, &pin);
-		if (r == 0)
-			t->pin = pin;
-		else if (r != PS_E_NOMEM) {
+		goto out;
+	}
+	if (!path)
+		goto out;
+	r = secret_read_file(path, &pin);
+	if (r < 0) {
+		if (r != PS_E_NOMEM) {
 			log_error("token %s: PIN file %s %s", t->label, path, pin_problem(path, r));
 			r = PS_E_PIN;
 		}
+		goto out;
 	}
+	if (!t->pin) {
+		t->pin = TAKE_PTR(pin);
+	} else if (!pin_same(pin, t->pin)) {
+		log_error("token %s: PIN file %s holds another PIN than that of the token's other keys",
+			  t->label, path);
+		r = PS_E_PIN;
+	}
+out:
+	secret_free(pin);
 	pthread_mutex_unlock(&t->login_lock);
 	return r;
 }

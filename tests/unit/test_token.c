@@ -370,6 +370,37 @@ START_TEST(two_keys_share_the_login)
 }
 END_TEST
 
+START_TEST(every_key_pin_file_checked)
+{
+	char pin[256];
+	struct token_set *set = new_set(1);
+	struct token_key *a = NULL, *b = NULL;
+
+	ck_assert_int_eq(add(set, key_uri_in(shared, "ec256"), &a), 0);
+	/* The token is logged in, yet a second key's broken pin-source is refused. */
+	ck_assert_int_eq(add(set, uri_of("pkcs11:token=popsign-test;object=rsa2048?module-path=%s"
+					 "&pin-source=%s/nosuch.pin", module_path, shared), &b),
+			 PS_E_PIN);
+	snprintf(pin, sizeof(pin), "%s/same-XXXXXX", base);
+	close(mkstemp(pin));
+	write_file(pin, "123456\n", 0640);
+	ck_assert_int_eq(add(set, uri_of("pkcs11:token=popsign-test;object=rsa2048?module-path=%s"
+					 "&pin-source=%s", module_path, pin), &b), PS_E_PIN);
+	/* Another PIN is never offered to a token that is logged in already. */
+	write_file(pin, "654321\n", 0600);
+	ck_assert_int_eq(add(set, uri_of("pkcs11:token=popsign-test;object=rsa2048?module-path=%s"
+					 "&pin-source=%s", module_path, pin), &b), PS_E_PIN);
+	/* The same PIN from another file is fine. */
+	write_file(pin, "123456", 0400);
+	ck_assert_int_eq(add(set, uri_of("pkcs11:token=popsign-test;object=rsa2048?module-path=%s"
+					 "&pin-source=%s", module_path, pin), &b), 0);
+	sign_and_verify(shared, b, "rsa2048", 256);
+	sign_and_verify(shared, a, "ec256", 64);
+	unlink(pin);
+	token_set_free(set);
+}
+END_TEST
+
 /* Runs fn with stderr going to a file and returns what it wrote. */
 static char *capture_stderr(int (*fn)(void *), void *arg, int *ret)
 {
@@ -662,6 +693,7 @@ static Suite *token_suite(void)
 	tcase_add_test(tc, missing_key);
 	tcase_add_test(tc, no_pin_source_sees_no_private_key);
 	tcase_add_test(tc, two_keys_share_the_login);
+	tcase_add_test(tc, every_key_pin_file_checked);
 	tcase_add_test(tc, wrong_pin);
 	tcase_add_test(tc, pin_file_problems);
 	tcase_add_test(tc, module_problems);
