@@ -317,7 +317,9 @@ static bool rule_parse(char *line, struct rule *ret, const char **why)
 			return *why = "too many words", false;
 		w[n++] = t;
 	}
-	if (n < 2 || !fn_parse(w[0], &r.fn))
+	if (n < 2)
+		return *why = "expected a function and an action", false;
+	if (!fn_parse(w[0], &r.fn))
 		return *why = "unknown function", false;
 	r.once = n >= 3 && strcmp(w[n - 1], "once") == 0;
 	n -= r.once;
