@@ -15,9 +15,9 @@
 	X(PS_EXIT_USAGE, 2, "usage error: bad options or arguments")                           \
 	X(PS_EXIT_UNREACHABLE, 3, "popsignd unreachable: connection failed or timed out")      \
 	X(PS_EXIT_AUTH, 4,                                                                     \
-	  "authentication refused (HTTP 401, 403); token file missing or insecure")            \
+	  "authentication refused (HTTP 401, 403), token file missing or insecure")            \
 	X(PS_EXIT_BAD_INPUT, 5,                                                                \
-	  "bad input: invalid key or code, unknown key (HTTP 400, 404, 405, 413, 415)")        \
+	  "bad input: invalid key or code, unknown key (HTTP 400/404/405/413/415)")        \
 	X(PS_EXIT_DAEMON, 6, "popsignd failed (HTTP 5xx) or sent a malformed answer")          \
 	X(PS_EXIT_OUTPUT, 7, "output error: cannot write the file or standard output")         \
 	X(PS_EXIT_AZURE_REFUSED, 8, "Azure refused the request (reserved)")                    \
