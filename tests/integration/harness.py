@@ -263,17 +263,30 @@ class Daemon:
 
 def run_popsignd(args, env, timeout=START_TIMEOUT):
     """Runs popsignd to completion (for start-up failures and -t).  Returns
-    (exit code, stderr text, seconds taken).  A daemon still running after
-    timeout is killed and reported as a failure."""
+    (exit code, stderr text, seconds taken).  The exit code is None if the
+    daemon logged "listening on" instead of exiting: it is killed at once.  A
+    daemon that neither exits nor listens within timeout is killed and
+    reported as a failure."""
+    d = Daemon(None, env)
     t0 = time.monotonic()
+    d.proc = subprocess.Popen([popsignd_path()] + list(args), env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    d._reader = threading.Thread(target=d._read, daemon=True)
+    d._reader.start()
     try:
-        p = subprocess.run([popsignd_path()] + list(args), env=env, stdin=subprocess.DEVNULL,
-                           capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError('popsignd %s still running after %d s; stderr:\n%s'
-                             % (' '.join(args), timeout,
-                                (e.stderr or b'').decode(errors='replace')))
-    return p.returncode, p.stderr.decode('utf-8', errors='replace'), time.monotonic() - t0
+        while d.proc.poll() is None:
+            if d._listening.wait(0.02):
+                d.kill()
+                d._reader.join(5)
+                return None, d.stderr, time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError('popsignd %s neither exited nor listened within %d s; '
+                                     'stderr:\n%s' % (' '.join(args), timeout, d.stderr))
+        d._reader.join(5)
+        return d.proc.returncode, d.stderr, time.monotonic() - t0
+    finally:
+        d.kill()
 
 
 # --- HTTP ------------------------------------------------------------------------
@@ -375,6 +388,11 @@ class ApiAssertions:
 
 # --- certificates ----------------------------------------------------------------
 
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
 def pem_to_der(pem):
     body = pem.strip().splitlines()
     if body[0] != '-----BEGIN CERTIFICATE-----' or body[-1] != '-----END CERTIFICATE-----':
@@ -392,29 +410,28 @@ def openssl_x509(path, *args):
 
 
 def cert_info(path):
-    """What openssl says about the certificate in path."""
-    out = openssl_x509(path, '-subject', '-issuer', '-serial', '-startdate', '-enddate',
-                       '-ext', 'basicConstraints,keyUsage,subjectKeyIdentifier,'
-                       'authorityKeyIdentifier', '-nameopt', 'RFC2253')
-    info = {}
+    """What openssl says about the certificate in path (one openssl run)."""
+    out = openssl_x509(path, '-nameopt', 'RFC2253', '-subject', '-issuer', '-serial',
+                       '-startdate', '-enddate', '-fingerprint', '-sha1', '-ext',
+                       'basicConstraints,keyUsage,subjectKeyIdentifier,authorityKeyIdentifier',
+                       '-text')
+    head, text = out.split('\nCertificate:\n', 1)
+    info = {'text': text}
     ext = []
-    for line in out.splitlines():
-        m = re.match(r'^(subject|issuer|serial|notBefore|notAfter)=(.*)$', line)
+    for line in head.splitlines():
+        m = re.match(r'^(subject|issuer|serial|notBefore|notAfter|sha1 Fingerprint)=(.*)$', line)
         if m and not ext:
             info[m.group(1)] = m.group(2)
         else:
             ext.append(line)
     info['not_before'] = openssl_date(info['notBefore'])
     info['not_after'] = openssl_date(info['notAfter'])
+    info['sha1'] = info['sha1 Fingerprint'].replace(':', '')
     info['extensions'] = parse_ext_text('\n'.join(ext))
-    text = openssl_x509(path, '-text')
-    info['text'] = text
     info['version'] = re.search(r'Version: (\d+)', text).group(1)
     info['signature_algorithms'] = re.findall(r'Signature Algorithm: (\S+)', text)
     info['public_key_algorithm'] = re.search(r'Public Key Algorithm: (\S+)', text).group(1)
-    info['public_key'] = run(['openssl', 'x509', '-in', path, '-noout', '-pubkey']).stdout
-    fp = openssl_x509(path, '-fingerprint', '-sha1')
-    info['sha1'] = fp.split('=', 1)[1].strip().replace(':', '')
+    info['public_key'] = der_tbs(pem_to_der(read_text(path))).spki
     return info
 
 

@@ -52,9 +52,10 @@ def sign(body, key='alpha', caller=everything, **kw):
     return call('POST', h.sign_path(key), body, caller=caller, **kw)
 
 
-def raw_exchange(data_parts, wait=10):
+def raw_exchange(data_parts, wait=10, half_close=False):
     """Sends raw bytes on a new connection (stopping early if the daemon
-    closes it) and reads one HTTP response.  Returns Response."""
+    closes it), optionally shuts down the sending side, and reads one HTTP
+    response.  Returns Response."""
     s = socket.create_connection(('127.0.0.1', daemon.port), timeout=wait)
     try:
         for part in data_parts:
@@ -62,6 +63,8 @@ def raw_exchange(data_parts, wait=10):
                 s.sendall(part)
             except (BrokenPipeError, ConnectionResetError):
                 break
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
         resp = http.client.HTTPResponse(s, method='POST')
         resp.begin()
         body = resp.read()
@@ -318,7 +321,7 @@ class StillServingTest(h.ApiAssertions, unittest.TestCase):
         for parts in ([request_head(length=100000), b' ' * 8192],
                       [b'\x00\xffGARBAGE / HTTP/9.9\r\n\r\n']):
             try:
-                raw_exchange(parts, wait=5)
+                raw_exchange(parts, wait=5, half_close=True)
             except (OSError, http.client.HTTPException):
                 pass  # how the daemon refuses garbage is its own business
         # A caller that stalls half-way through its body does not hold up others.

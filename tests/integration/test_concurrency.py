@@ -90,7 +90,7 @@ class ConcurrentSigningTest(unittest.TestCase):
         bad = [(code, r.status, r.body[:200]) for code, r in results if r.status != 201]
         self.assertEqual(bad, [])
 
-        ca_subject = h.der_tbs(h.pem_to_der(open(token.cert(label)).read())).subject
+        ca_subject = h.der_tbs(h.pem_to_der(h.read_text(token.cert(label)))).subject
         out_dir = token.path('load-' + key)
         os.mkdir(out_dir)
         paths, serials, fingerprints = [], set(), set()

@@ -5,6 +5,7 @@ real popsignd, and every issued certificate checked with openssl: verify,
 subject, issuer, validity window, extensions, serial, signature algorithm.
 """
 
+import functools
 import hashlib
 import os
 import re
@@ -31,6 +32,8 @@ KEY_FIELDS = {'name', 'algorithm', 'subject', 'sha1_thumbprint', 'sha256_fingerp
 SLACK = 2  # seconds: the daemon's clock reads whole seconds
 
 token = None
+# The CA certificates do not change: ask openssl about each once.
+ca_cert_info = functools.lru_cache(maxsize=None)(h.cert_info)
 
 
 def setUpModule():
@@ -95,9 +98,9 @@ class IssuedChecks(h.ApiAssertions):
 
         path = self.verify_one(ca, pem)
         info = h.cert_info(path)
-        ca_info = h.cert_info(ca)
+        ca_info = ca_cert_info(ca)
         tbs = h.der_tbs(der)
-        ca_tbs = h.der_tbs(h.pem_to_der(open(ca).read()))
+        ca_tbs = h.der_tbs(h.pem_to_der(h.read_text(ca)))
 
         # X.509 v3, subject CN=<code> and nothing else, issuer byte for byte.
         self.assertEqual(info['version'], '3')
@@ -230,13 +233,13 @@ class SignTest(IssuedChecks, unittest.TestCase):
     def expected_entry(self, key):
         label, algorithm, _ = KEYS[key]
         ca = token.cert(label)
-        info = h.cert_info(ca)
+        info = ca_cert_info(ca)
         return {
             'name': key,
             'algorithm': algorithm,
             'subject': info['subject'],
             'sha1_thumbprint': info['sha1'],
-            'sha256_fingerprint': hashlib.sha256(h.pem_to_der(open(ca).read())).hexdigest(),
+            'sha256_fingerprint': hashlib.sha256(h.pem_to_der(h.read_text(ca))).hexdigest(),
             'not_before': info['not_before'],
             'not_after': info['not_after'],
         }
@@ -292,7 +295,7 @@ class SignTest(IssuedChecks, unittest.TestCase):
                 self.assertEqual(h.media_type(resp.headers), 'application/x-pem-file')
                 pem = resp.body.decode('ascii')
                 self.assertRegex(pem, r'\A' + h.PEM_RE.pattern + r'\Z')
-                self.assertEqual(h.pem_to_der(pem), h.pem_to_der(open(token.cert(label)).read()))
+                self.assertEqual(h.pem_to_der(pem), h.pem_to_der(h.read_text(token.cert(label))))
 
     def test_restricted_caller_reads_allowed_key(self):
         resp = h.request(self.daemon.port, 'GET', '/v1/keys/dev-ec256', token=self.some.token)

@@ -63,6 +63,9 @@ class StartupChecks(unittest.TestCase):
         args = (['-t'] if test_mode else []) + ['-c', conf]
         rc, err, _ = h.run_popsignd(args, token.env)
         msg = 'popsignd %s; stderr:\n%s' % (' '.join(args), err)
+        if os.environ.get('POPSIGN_TEST_SHOW'):
+            sys.stderr.write('\n--- %s\n%s' % (' '.join(args), err))
+        self.assertIsNotNone(rc, 'started serving instead of refusing: ' + msg)
         self.assertEqual(rc, 1, msg)
         for p in patterns:
             self.assertRegex(err, re.compile(p, re.I), msg)
@@ -91,16 +94,34 @@ class RefusedAtStartTest(StartupChecks):
                           token.cert('ec256'))])
         self.assertRefusedBothWays(conf, [BAD, r'PIN', r'incorrect|wrong|refused|rejected'])
 
+    def bad_pin_file(self, name, pin_file):
+        """The key with a bad PIN file alone, then after a good key on the
+        same token that logged in already: refused either way."""
+        uri = token.uri('ec256', pin_file=pin_file)
+        alone = config(name + '-alone.conf', [h.key_section(BAD, uri, token.cert('ec256'))])
+        second = config(name + '-second.conf', [
+            h.key_section('good-ec384', token.uri('ec384'), token.cert('ec384')),
+            h.key_section(BAD, uri, token.cert('ec256'))])
+        return alone, second
+
     def test_pin_file_readable_by_others(self):
         for pin in ('open.pin', 'group.pin'):
             with self.subTest(pin_file=pin):
-                conf = self.bad_key('pin-mode', uri=token.uri('ec256', pin_file=token.path(pin)))
+                conf, _ = self.bad_pin_file('pin-mode', token.path(pin))
                 self.assertRefusedBothWays(conf, [re.escape(token.path(pin)),
                                                   r'group|others|world|permission|mode'])
 
+    def test_pin_file_readable_by_others_after_login(self):
+        _, conf = self.bad_pin_file('pin-mode', token.path('open.pin'))
+        self.assertRefusedBothWays(conf, [re.escape(token.path('open.pin')),
+                                          r'group|others|world|permission|mode'])
+
     def test_pin_file_missing(self):
-        conf = self.bad_key('pin-missing',
-                            uri=token.uri('ec256', pin_file=token.path('nosuch.pin')))
+        conf, _ = self.bad_pin_file('pin-missing', token.path('nosuch.pin'))
+        self.assertRefusedBothWays(conf, [re.escape(token.path('nosuch.pin'))])
+
+    def test_pin_file_missing_after_login(self):
+        _, conf = self.bad_pin_file('pin-missing', token.path('nosuch.pin'))
         self.assertRefusedBothWays(conf, [re.escape(token.path('nosuch.pin'))])
 
     def test_token_missing(self):
@@ -213,7 +234,7 @@ class CertificateFromTokenTest(StartupChecks, h.ApiAssertions):
         conf = config('from-token.conf', [h.key_section('tok', token.uri('ec256'), None)])
         rc, err, _ = h.run_popsignd(['-t', '-c', conf], token.env)
         self.assertEqual(rc, 0, err)
-        ca_der = h.pem_to_der(open(token.cert('ec256')).read())
+        ca_der = h.pem_to_der(h.read_text(token.cert('ec256')))
         with h.Daemon(conf, token.env) as d:
             resp = h.request(d.port, 'GET', '/v1/keys/tok/certificate', token=caller.token)
             self.assertEqual(resp.status, 200, resp.body[:300])
