@@ -20,9 +20,11 @@
 #   BENCH_AUDIT       auto (default: on when the daemon accepts audit_log),
 #                     on (refuse to run without it) or off
 #   BENCH_WORKERS     popsignd's `workers` (default: the daemon's default)
-#   BENCH_PROFILE     1: also `perf record -g` popsignd for BENCH_SECONDS
-#                     at 4 connections per key (BUILD/perf-KEY.txt)
-#   P11SPEED, POPSIGND  prebuilt binaries (set by `meson test --benchmark`)
+#   BENCH_PROFILE     1: also profile popsignd with perf for BENCH_SECONDS
+#                     at 4 connections per key (BUILD/profile-KEY.md, a
+#                     breakdown by concern; BUILD/perf-KEY.txt, symbols)
+#   P11SPEED, ISSUE_SPEED, POPSIGND  prebuilt binaries (set by
+#                     `meson test --benchmark`)
 #
 # Every load generator targets 127.0.0.1 only and stops by itself.
 # Exit status: 0 every target met, 1 a target missed, 2 the run failed.
@@ -72,8 +74,9 @@ build_all() {
 	ninja -C "$build" tests/bench/p11speed >&2 || die "p11speed does not build"
 	P11SPEED=$build/tests/bench/p11speed
 	popsignd=
-	if ninja -C "$build" daemon/popsignd >&2; then
+	if ninja -C "$build" daemon/popsignd tests/bench/issue_speed >&2; then
 		popsignd=$build/daemon/popsignd
+		ISSUE_SPEED=$build/tests/bench/issue_speed
 	else
 		say "popsignd does not build: its rows will read 'not run'"
 	fi
@@ -119,6 +122,7 @@ say "token with ec256 and rsa2048 in $work"
 "$top/tests/make-token.sh" "$work" $keys || die "make-token.sh failed"
 export SOFTHSM2_CONF="$work/softhsm2.conf"
 pin=$(cat "$work/user.pin")
+echo "INFO load_start=$(cut -d' ' -f1 /proc/loadavg)" >> "$raw"
 echo "INFO cpus=$(nproc) date=$(date -u +%Y-%m-%dT%H:%M:%SZ) commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo none) seconds=$seconds" >> "$raw"
 
 # A CSR like the one a verification certificate carries: CN=<48 hex>, P-256.
@@ -132,6 +136,15 @@ for key in $keys; do
 	"$P11SPEED" "$module" popsign-test "$work/user.pin" "$key" "$sign_seconds" 1 2 4 |
 		tee -a "$raw" >&2
 done
+
+# --- popsignd's issuing code alone, with a stand-in for the token -------------
+if [ -n "${ISSUE_SPEED:-}" ]; then
+	for key in $keys; do
+		say "issue_certificate() without the token, $key"
+		"$ISSUE_SPEED" "$work/$key.pem" "$sign_seconds" | sed "s/^ISSUE /ISSUE key=$key /" |
+			tee -a "$raw" >&2
+	done
+fi
 
 # --- 3. the script way --------------------------------------------------------
 for key in $keys; do
@@ -221,6 +234,33 @@ start_daemon() {
 	die "popsignd did not start"
 }
 
+# Every popsignd process, comma-separated, for perf -p.
+pid_tree() { # PID
+	printf '%s' "$1"
+	for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+		printf ','
+		pid_tree "$child"
+	done
+}
+
+# perf with DWARF call graphs on every popsignd process during a wrk run at 4
+# connections; the breakdown goes to BUILD/profile-KEY.md, the symbols to
+# BUILD/perf-KEY.txt.  The profiled run is not part of the table.
+profile() { # KEY
+	say "perf record on popsignd, $1, 4 connections"
+	perf record -o "$work/perf.data" --call-graph dwarf,16384 -F 499 \
+		-p "$(pid_tree "$daemon_pid")" -- sleep "$seconds" > /dev/null 2>&1 &
+	perf_pid=$!
+	sleep 0.2
+	wrk_run profile "$1" 4 "$url" popsign "$1" "$work/caller.token"
+	wait "$perf_pid" || true
+	perf script -i "$work/perf.data" -F tid,ip,sym --inline 2>/dev/null |
+		python3 "$bench/profile.py" "$1" > "$build/profile-$1.md" || true
+	perf report -i "$work/perf.data" --no-children --sort dso,symbol --percent-limit 0.5 \
+		--stdio -g none > "$build/perf-$1.txt" 2>/dev/null || true
+	cat "$build/profile-$1.md" >&2
+}
+
 if [ -n "$popsignd" ]; then
 	token=$(openssl rand -hex 32)
 	printf '%s\n' "$token" > "$work/caller.token"
@@ -248,14 +288,7 @@ if [ -n "$popsignd" ]; then
 			wrk_run popsignd "$key" "$c" "$url" popsign "$key" "$work/caller.token"
 		done
 		if [ "${BENCH_PROFILE:-0}" = 1 ]; then
-			say "perf record -g on popsignd, $key, 4 connections"
-			perf record -g -o "$work/perf.data" -p "$daemon_pid" -- sleep "$seconds" \
-				> /dev/null 2>&1 &
-			perf_pid=$!
-			wrk_run profile "$key" 4 "$url" popsign "$key" "$work/caller.token"
-			wait "$perf_pid" || true
-			perf report -i "$work/perf.data" --no-children --percent-limit 0.5 --stdio \
-				> "$build/perf-$key.txt" 2>/dev/null || true
+			profile "$key"
 		fi
 	done
 	kill -0 "$daemon_pid" 2>/dev/null || die "popsignd died under load"
@@ -266,6 +299,7 @@ if [ -n "$popsignd" ]; then
 	[ "$with_audit" = 0 ] || echo "INFO audit_lines=$(wc -l < "$work/audit.log")" >> "$raw"
 fi
 
+echo "INFO load_end=$(cut -d' ' -f1 /proc/loadavg)" >> "$raw"
 python3 "$bench/table.py" "$raw" > "$table" || die "table.py failed"
 cat "$table"
 echo

@@ -67,7 +67,8 @@ def key_figures(rows, key):
     script_rate = None
     if script:
         script_rate = float(script[0]["certificates"]) / float(script[0]["seconds"])
-    return token, popsignd, cfssl, script_rate
+    issue = pick(rows, "ISSUE", key=key)
+    return token, popsignd, cfssl, script_rate, issue[0] if issue else None
 
 
 def best(values):
@@ -79,7 +80,7 @@ def rate_of(runs, c):
     return float(runs[c]["per_second"]) if c in runs else None
 
 
-def figure_rows(token, popsignd, cfssl, script_rate):
+def figure_rows(token, popsignd, cfssl, script_rate, issue):
     out = ["| measured | 1 | 2 | 4 | 16 | best |", "|---|---:|---:|---:|---:|---:|"]
     t = [token.get(n) for n in THREADS]
     out.append("| token limit: C_Sign/s (threads) | %s | %s | %s | | **%s** |"
@@ -101,10 +102,13 @@ def figure_rows(token, popsignd, cfssl, script_rate):
                    % (name, bad[0], bad[1], bad[2]))
     out.append("| one openssl command per certificate: certificates/s (sequential) | %s | | | | **%s** |"
                % (fmt_rate(script_rate), fmt_rate(script_rate)))
+    if issue:
+        out.append("| popsignd's issuing code alone, token stubbed out: certificates/s (1 thread; %s us each) | %s | | | | |"
+                   % (issue["us_each"], fmt_rate(float(issue["per_second"]))))
     return out
 
 
-def target_rows(i, token, popsignd, cfssl, script_rate, rss_mib, audit):
+def target_rows(i, token, popsignd, cfssl, script_rate, issue, rss_mib, audit):
     p_best = best([rate_of(popsignd, c) for c in CONNS])
     c_best = best([rate_of(cfssl, c) for c in CONNS])
     p99 = float(popsignd[4]["p99_us"]) / 1000.0 if 4 in popsignd else None
@@ -139,9 +143,15 @@ def main():
     rss_mib = sum(int(f["kib"]) for f in rss) / MIB if rss else None
     audit = info.get("audit_log") == "1"
     print("# popsignd benchmark (tests/bench/run.sh)\n")
-    print("%s, %s CPUs, commit %s, %s s per wrk run, audit log %s.\n"
+    print("%s, %s CPUs, commit %s, %s s per wrk run, audit log %s, load average %s at the "
+          "start and %s at the end.\n"
           % (info.get("date", "?"), info.get("cpus", "?"), info.get("commit", "?"),
-             info.get("seconds", "?"), "on" if audit else "off"))
+             info.get("seconds", "?"), "on" if audit else "off", info.get("load_start", "?"),
+             info.get("load_end", "?")))
+    load = float(info.get("load_start", "0"))
+    if load > 1.0:
+        print("**The machine was busy when the run started (load average %.2f): other work "
+              "competed for the CPUs and the figures are noisy.**\n" % load)
     if rss:
         print("popsignd processes after the run: %s.\n"
               % ", ".join("%s (pid %s) %.1f MiB" % (f.get("comm", "?"), f["pid"], int(f["kib"]) / MIB)
