@@ -15,7 +15,8 @@
 static int open_checked(const char *path, int *ret_fd)
 {
 	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	/* O_NONBLOCK: a FIFO must be refused, not waited on. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 
 	if (fd < 0)
 		return errno == ENOENT ? PS_E_NOT_FOUND : errno == EACCES ? PS_E_PERMISSIONS : PS_E_IO;

@@ -16,6 +16,7 @@
 #include "http.h"
 #include "log.h"
 #include "signer.h"
+#include "signer_main.h"
 
 #include "build-config.h"
 
@@ -137,6 +138,12 @@ int main(int argc, char **argv)
 	int r;
 
 	log_init("popsignd");
+	/* The signer process: "popsignd --signer FD -c CONFIG", started by
+	 * signer_start() below, never by hand. */
+	if (argc == 5 && strcmp(argv[1], "--signer") == 0 && strcmp(argv[3], "-c") == 0) {
+		log_init("popsignd-signer");
+		return signer_main(argv[4], atoi(argv[2]) == 3 ? 3 : -1);
+	}
 	r = parse_args(argc, argv, &opts);
 	if (r != 0)
 		return r > 0 ? 0 : 2;

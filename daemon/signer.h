@@ -1,11 +1,15 @@
-/* The one narrow call between the front end and the keys:
- * "issue a verification certificate for key K and code C".
+/* The front end's side of the signer process: start it, supervise it, and
+ * make the one narrow call "issue a verification certificate for key K and
+ * code C".
  *
- * Nothing that parses network input reaches the token except through
- * signer_issue(). */
+ * The signer is popsignd itself, re-executed as a separate process that alone
+ * loads PKCS#11 modules, reads PINs and holds token sessions.  The two talk
+ * over a socketpair with the messages of signer_proto.h.  If the signer dies,
+ * requests in flight fail with PS_E_TOKEN and it is restarted with back-off. */
 #ifndef POPSIGN_SIGNER_H
 #define POPSIGN_SIGNER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "cacert.h"
@@ -13,30 +17,43 @@
 #include "issue.h"
 
 #define SIGNER_CONTEXT_MAX 512
+#define SIGNER_START_TIMEOUT_MS 120000   /* a slow HSM login */
+#define SIGNER_REQUEST_TIMEOUT_MS 5000   /* default request_timeout */
+#define SIGNER_BACKOFF_MIN_MS 100
+#define SIGNER_BACKOFF_MAX_MS 10000
 
 struct signer;
 
-/* Opens every key of cfg: loads modules, logs in, finds keys, loads each CA
- * certificate (file or token) and proves with a test signature that it
- * matches the private key.  Logs what failed, naming the key and the config
- * line.  Returns 0 and *ret (free with signer_free()), or the first error. */
+/* Starts the signer process for the config at cfg->path and waits until it
+ * has opened every key and said hello.  The signer logs what failed, naming
+ * the key and the config line.  Returns 0 and *ret (free with
+ * signer_free()), or PS_E_TOKEN (the signer could not open the keys),
+ * PS_E_IO, PS_E_NOMEM. */
 int signer_start(const struct config *cfg, struct signer **ret);
 
 /* Number of keys, in config order. */
 size_t signer_key_count(const struct signer *s);
 
-/* Name and CA certificate of key i (< signer_key_count()). */
+/* Name and CA certificate of key i (< signer_key_count()); owned by s. */
 const char *signer_key_name(const struct signer *s, size_t i);
 const struct ca_cert *signer_key_ca(const struct signer *s, size_t i);
 
 /* Index of the key called name: 0 and *ret, or PS_E_NOT_FOUND. */
 int signer_find_key(const struct signer *s, const char *name, size_t *ret);
 
-/* Issues the verification certificate for code with key i.  Returns 0 and
- * *ret (free with issued_free()), or PS_E_INVALID_CODE, PS_E_TOKEN, ... */
+/* Issues the verification certificate for code with key i, waiting at most
+ * the request timeout.  Safe from many threads.  Returns 0 and *ret (free
+ * with issued_free()), or PS_E_INVALID_CODE, PS_E_TOKEN (signer down, token
+ * failed, timed out), PS_E_NOMEM. */
 int signer_issue(struct signer *s, size_t i, const char *code, struct issued **ret);
 
-/* Frees s and everything it opened.  Accepts NULL. */
+/* Whether the signer process is up and answered its last ping. */
+bool signer_alive(struct signer *s);
+
+/* Process id of the signer, or 0 while it is down (for tests and status). */
+int signer_pid(struct signer *s);
+
+/* Stops the signer process and frees s.  Accepts NULL. */
 void signer_free(struct signer *s);
 
 #endif

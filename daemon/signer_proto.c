@@ -1,0 +1,192 @@
+#include "signer_proto.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "error.h"
+#include "issue.h"
+
+int signer_msg_send(int fd, uint16_t type, uint32_t id, int32_t status, const void *payload,
+		    size_t len)
+{
+	struct signer_msg_header h = {SIGNER_PROTO_VERSION, type, id, status, (uint32_t)len};
+	struct iovec iov[2] = {{&h, sizeof(h)}, {(void *)(uintptr_t)payload, len}};
+	struct msghdr mh = {.msg_iov = iov, .msg_iovlen = len ? 2 : 1};
+	ssize_t n;
+
+	if (len > SIGNER_MSG_MAX - sizeof(h))
+		return PS_E_IO;
+	do
+		n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	return n == (ssize_t)(sizeof(h) + len) ? 0 : PS_E_IO;
+}
+
+static bool type_known(uint16_t type)
+{
+	return type >= SIGNER_MSG_HELLO && type <= SIGNER_MSG_PONG;
+}
+
+int signer_msg_recv(int fd, struct signer_msg *m)
+{
+	ssize_t n;
+
+	do
+		n = recv(fd, m, sizeof(*m), MSG_TRUNC);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0)
+		return PS_E_IO;
+	if ((size_t)n > sizeof(*m) || (size_t)n < sizeof(m->h))
+		return PS_E_INVALID_REQUEST;
+	if (m->h.version != SIGNER_PROTO_VERSION || !type_known(m->h.type) ||
+	    m->h.len != (size_t)n - sizeof(m->h))
+		return PS_E_INVALID_REQUEST;
+	return 0;
+}
+
+int signer_read_u16(struct signer_reader *r, uint16_t *ret)
+{
+	if (r->left < sizeof(*ret))
+		return PS_E_INVALID_REQUEST;
+	memcpy(ret, r->p, sizeof(*ret));
+	r->p += sizeof(*ret);
+	r->left -= sizeof(*ret);
+	return 0;
+}
+
+int signer_read_u32(struct signer_reader *r, uint32_t *ret)
+{
+	if (r->left < sizeof(*ret))
+		return PS_E_INVALID_REQUEST;
+	memcpy(ret, r->p, sizeof(*ret));
+	r->p += sizeof(*ret);
+	r->left -= sizeof(*ret);
+	return 0;
+}
+
+int signer_read_bytes(struct signer_reader *r, size_t n, const uint8_t **ret)
+{
+	if (r->left < n)
+		return PS_E_INVALID_REQUEST;
+	*ret = r->p;
+	r->p += n;
+	r->left -= n;
+	return 0;
+}
+
+void signer_write_bytes(struct signer_writer *w, const void *p, size_t n)
+{
+	if (w->err)
+		return;
+	if (w->len + n > w->cap) {
+		size_t cap = w->cap ? w->cap : 256;
+		uint8_t *d;
+
+		while (cap < w->len + n)
+			cap *= 2;
+		d = realloc(w->data, cap);
+		if (!d) {
+			w->err = PS_E_NOMEM;
+			return;
+		}
+		w->data = d;
+		w->cap = cap;
+	}
+	memcpy(w->data + w->len, p, n);
+	w->len += n;
+}
+
+void signer_write_u16(struct signer_writer *w, uint16_t v)
+{
+	signer_write_bytes(w, &v, sizeof(v));
+}
+
+void signer_write_u32(struct signer_writer *w, uint32_t v)
+{
+	signer_write_bytes(w, &v, sizeof(v));
+}
+
+int signer_encode_issued(struct signer_writer *w, const struct issued *c)
+{
+	int64_t nb = c->not_before, na = c->not_after;
+	size_t pem_len = strlen(c->pem);
+
+	signer_write_u32(w, (uint32_t)c->der_len);
+	signer_write_bytes(w, c->der, c->der_len);
+	signer_write_u32(w, (uint32_t)pem_len);
+	signer_write_bytes(w, c->pem, pem_len);
+	signer_write_bytes(w, c->serial_hex, sizeof(c->serial_hex) - 1);
+	signer_write_bytes(w, c->sha256_fingerprint, sizeof(c->sha256_fingerprint) - 1);
+	signer_write_bytes(w, &nb, sizeof(nb));
+	signer_write_bytes(w, &na, sizeof(na));
+	return w->err;
+}
+
+static int read_blob(struct signer_reader *rd, uint8_t **ret, size_t *ret_len)
+{
+	const uint8_t *p = NULL;
+	uint32_t n = 0;
+	uint8_t *copy;
+
+	if (signer_read_u32(rd, &n) < 0 || signer_read_bytes(rd, n, &p) < 0)
+		return PS_E_INVALID_REQUEST;
+	copy = malloc((size_t)n + 1);
+	if (!copy)
+		return PS_E_NOMEM;
+	memcpy(copy, p, n);
+	copy[n] = '\0';
+	*ret = copy;
+	*ret_len = n;
+	return 0;
+}
+
+static int read_fixed_text(struct signer_reader *rd, char *out, size_t n)
+{
+	const uint8_t *p = NULL;
+
+	if (signer_read_bytes(rd, n, &p) < 0)
+		return PS_E_INVALID_REQUEST;
+	memcpy(out, p, n);
+	out[n] = '\0';
+	return strlen(out) == n ? 0 : PS_E_INVALID_REQUEST;
+}
+
+int signer_decode_issued(const uint8_t *payload, size_t len, struct issued **ret)
+{
+	struct signer_reader rd = {payload, len};
+	struct issued *c = calloc(1, sizeof(*c));
+	const uint8_t *t = NULL;
+	int64_t nb = 0, na = 0;
+	size_t pem_len = 0;
+	int r;
+
+	if (!c)
+		return PS_E_NOMEM;
+	r = read_blob(&rd, &c->der, &c->der_len);
+	if (r == 0)
+		r = read_blob(&rd, (uint8_t **)&c->pem, &pem_len);
+	if (r == 0)
+		r = read_fixed_text(&rd, c->serial_hex, sizeof(c->serial_hex) - 1);
+	if (r == 0)
+		r = read_fixed_text(&rd, c->sha256_fingerprint, sizeof(c->sha256_fingerprint) - 1);
+	if (r == 0 && signer_read_bytes(&rd, sizeof(nb), &t) == 0)
+		memcpy(&nb, t, sizeof(nb));
+	else if (r == 0)
+		r = PS_E_INVALID_REQUEST;
+	if (r == 0 && signer_read_bytes(&rd, sizeof(na), &t) == 0 && rd.left == 0)
+		memcpy(&na, t, sizeof(na));
+	else if (r == 0)
+		r = PS_E_INVALID_REQUEST;
+	if (r < 0 || c->der_len == 0 || strlen(c->pem) != pem_len) {
+		issued_free(c);
+		return r < 0 ? r : PS_E_INVALID_REQUEST;
+	}
+	c->not_before = (time_t)nb;
+	c->not_after = (time_t)na;
+	*ret = c;
+	return 0;
+}
