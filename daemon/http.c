@@ -20,6 +20,7 @@
 #include "code.h"
 #include "error.h"
 #include "log.h"
+#include "request.h"
 #include "text.h"
 #include "util.h"
 
@@ -363,60 +364,6 @@ static enum MHD_Result handle_key_certificate(struct http_server *srv, struct re
 			    signer_key_ca(srv->signer, req->key_index)->pem);
 }
 
-static bool context_valid(const char *s, size_t len)
-{
-	if (len > SIGNER_CONTEXT_MAX)
-		return false;
-	for (size_t i = 0; i < len; i++)
-		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
-			return false;
-	return true;
-}
-
-/* Parses {"verification_code": "...", "context": "..."}: nothing else. */
-static int parse_sign_body(const struct request *req, json_t **ret_root, const char **ret_code,
-			   const char **ret_context, char *why, size_t why_len)
-{
-	json_error_t jerr;
-	json_t *root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL,
-				  &jerr);
-	json_t *code, *context;
-	int r = PS_E_INVALID_REQUEST;
-
-	if (!root) {
-		snprintf(why, why_len, "the body is not valid JSON: %s", jerr.text);
-		return r;
-	}
-	code = json_object_get(root, "verification_code");
-	context = json_object_get(root, "context");
-	if (!json_is_object(root))
-		snprintf(why, why_len, "the body must be a JSON object");
-	else if (!code)
-		snprintf(why, why_len, "missing member 'verification_code'");
-	else if (!json_is_string(code))
-		snprintf(why, why_len, "'verification_code' must be a string");
-	else if (context && !json_is_string(context))
-		snprintf(why, why_len, "'context' must be a string");
-	else if (json_object_size(root) != 1u + (context ? 1u : 0u))
-		snprintf(why, why_len, "unknown member: only 'verification_code' and 'context' "
-				       "are allowed");
-	else if (context && !context_valid(json_string_value(context), json_string_length(context)))
-		snprintf(why, why_len, "'context' must be at most %d printable ASCII characters",
-			 SIGNER_CONTEXT_MAX);
-	else if (code_validate(json_string_value(code), json_string_length(code)) < 0)
-		r = PS_E_INVALID_CODE;
-	else
-		r = 0;
-	if (r < 0) {
-		json_decref(root);
-		return r;
-	}
-	*ret_code = json_string_value(code);
-	*ret_context = context ? json_string_value(context) : NULL;
-	*ret_root = root;
-	return 0;
-}
-
 static bool wants_pem(struct MHD_Connection *conn)
 {
 	const char *accept = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -444,29 +391,28 @@ static enum MHD_Result respond_issued(struct MHD_Connection *conn, const struct 
 static enum MHD_Result handle_sign(struct http_server *srv, struct request *req,
 				   struct MHD_Connection *conn)
 {
-	char why[256] = "";
-	json_t *root = NULL;
-	const char *code = NULL, *context = NULL;
+	char why[REQUEST_WHY_MAX];
+	struct sign_request sr = {0};
 	struct issued *cert = NULL;
 	enum MHD_Result ret;
 	int r;
 
-	r = parse_sign_body(req, &root, &code, &context, why, sizeof(why));
+	r = request_parse_sign(req->body, req->body_len, &sr, why);
 	if (r < 0)
 		return respond_error(conn, req, r, why[0] ? why : NULL);
-	r = signer_issue(srv->signer, req->key_index, code, &cert);
+	r = signer_issue(srv->signer, req->key_index, sr.code, &cert);
 	if (r < 0) {
 		log_warning("client '%s' key '%s' code %s: not issued: %s", req->client->name,
-			    req->key, code, ps_strerror(r));
-		json_decref(root);
+			    req->key, sr.code, ps_strerror(r));
+		request_sign_free(&sr);
 		return respond_error(conn, req, r, NULL);
 	}
 	log_info("issued: client '%s' key '%s' code %s serial %s sha256 %s%s%s",
-		 req->client->name, req->key, code, cert->serial_hex, cert->sha256_fingerprint,
-		 context ? " context " : "", context ? context : "");
-	ret = respond_issued(conn, req, code, cert);
+		 req->client->name, req->key, sr.code, cert->serial_hex, cert->sha256_fingerprint,
+		 sr.context ? " context " : "", sr.context ? sr.context : "");
+	ret = respond_issued(conn, req, sr.code, cert);
 	issued_free(cert);
-	json_decref(root);
+	request_sign_free(&sr);
 	return ret;
 }
 
