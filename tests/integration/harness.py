@@ -21,7 +21,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -185,6 +184,7 @@ class Daemon:
         self.proc = None
         self.port = None
         self.host = None
+        self.addresses = []      # every (host, port) the daemon said it listens on
         self._lines = []
         self._lock = threading.Lock()
         self._listening = threading.Event()
@@ -201,9 +201,13 @@ class Daemon:
             with self._lock:
                 self._lines.append(line)
             m = LISTEN_RE.search(line)
-            if m and not self._listening.is_set():
-                self.host, self.port = m.group(1).strip('[]'), int(m.group(2))
-                self._listening.set()
+            if m:
+                address = (m.group(1).strip('[]'), int(m.group(2)))
+                with self._lock:
+                    self.addresses.append(address)
+                if not self._listening.is_set():
+                    self.host, self.port = address
+                    self._listening.set()
         self.proc.stderr.close()
 
     def start(self, timeout=START_TIMEOUT):
@@ -300,7 +304,7 @@ def connect(port, host='127.0.0.1'):
 
 
 def request(port, method, path, body=None, headers=None, token=None,
-            content_type=DEFAULT, conn=None):
+            content_type=DEFAULT, conn=None, host='127.0.0.1'):
     """One HTTP request.  body: dict/list (sent as JSON), str or bytes.
     content_type: defaults to application/json when there is a body; None
     sends no Content-Type.  token: sent as "Authorization: Bearer TOKEN".
@@ -320,7 +324,7 @@ def request(port, method, path, body=None, headers=None, token=None,
     hdrs.update(headers or {})
     own = conn is None
     if own:
-        conn = connect(port)
+        conn = connect(port, host)
     try:
         conn.request(method, path, body=body, headers=hdrs)
         resp = conn.getresponse()

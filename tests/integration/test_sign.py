@@ -9,6 +9,7 @@ import functools
 import hashlib
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,18 +62,14 @@ class IssuedChecks(h.ApiAssertions):
         return h.request(self.daemon.port, 'POST', h.sign_path(key),
                          {'verification_code': code}, token=caller.token, **kw)
 
-    def scratch(self):
-        d = tempfile.mkdtemp(prefix='cert-', dir=token.dir)
-        return d
-
     def verify_one(self, ca, pem, strict=False):
         """openssl verify in a scratch directory, as the user would run it."""
-        d = self.scratch()
+        d = tempfile.mkdtemp(prefix='cert-', dir=token.dir)
         with open(os.path.join(d, 'cert.pem'), 'w') as f:
             f.write(pem)
         args = ['openssl', 'verify'] + (['-x509_strict'] if strict else []) + \
             ['-CAfile', ca, 'cert.pem']
-        p = h.subprocess.run(args, cwd=d, capture_output=True)
+        p = subprocess.run(args, cwd=d, capture_output=True)
         out = p.stdout.decode(errors='replace')
         self.assertEqual(out, 'cert.pem: OK\n', out + p.stderr.decode(errors='replace'))
         self.assertEqual(p.returncode, 0)

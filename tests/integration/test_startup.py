@@ -229,6 +229,22 @@ class CheckModeTest(StartupChecks):
         self.assertLess(took, 10, err)
 
 
+class ListenTest(StartupChecks):
+    def test_ipv4_and_ipv6_loopback(self):
+        conf = config('listen-both.conf', [good_key()], listen='127.0.0.1:0, [::1]:0')
+        with h.Daemon(conf, token.env) as d:
+            deadline = time.monotonic() + 5
+            while len(d.addresses) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.assertEqual(sorted(host for host, _ in d.addresses), ['127.0.0.1', '::1'],
+                             d.stderr)
+            for host, port in d.addresses:
+                with self.subTest(host=host):
+                    resp = h.request(port, 'GET', '/v1/keys/good-rsa', token=caller.token,
+                                     host=host)
+                    self.assertEqual(resp.status, 200, resp.body[:300])
+
+
 class CertificateFromTokenTest(StartupChecks, h.ApiAssertions):
     def test_certificate_omitted_token_holds_it(self):
         conf = config('from-token.conf', [h.key_section('tok', token.uri('ec256'), None)])
