@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <ini.h>
@@ -220,6 +223,25 @@ static int listen_split(const char *text, char *host, size_t host_size, const ch
 	return 0;
 }
 
+static int listen_unix(const char *path, struct config_listen *l, const char **why)
+{
+	struct sockaddr_un *sun = (struct sockaddr_un *)&l->addr;
+
+	if (path[0] != '/') {
+		*why = "a Unix socket path must be absolute: unix:/run/popsign/popsignd.sock";
+		return PS_E_CONFIG;
+	}
+	if (strlen(path) >= sizeof(sun->sun_path)) {
+		*why = "the Unix socket path is too long";
+		return PS_E_CONFIG;
+	}
+	sun->sun_family = AF_UNIX;
+	strcpy(sun->sun_path, path);
+	l->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
+	l->is_unix = true;
+	return 0;
+}
+
 int config_parse_listen(const char *text, struct config_listen *ret, const char **why)
 {
 	struct config_listen l = { 0 };
@@ -232,6 +254,14 @@ int config_parse_listen(const char *text, struct config_listen *ret, const char 
 	if (!text || strlen(text) >= sizeof(l.text)) {
 		*why = "too long";
 		return PS_E_CONFIG;
+	}
+	if (strncmp(text, "unix:", 5) == 0) {
+		r = listen_unix(text + 5, &l, why);
+		if (r == 0) {
+			strcpy(l.text, text);
+			*ret = l;
+		}
+		return r;
 	}
 	r = listen_split(text, host, sizeof(host), &port_text, &ipv6, why);
 	if (r < 0)
@@ -253,6 +283,8 @@ int config_parse_listen(const char *text, struct config_listen *ret, const char 
 /* Whether a and b would bind the same socket; port 0 never clashes. */
 static bool listen_same(const struct config_listen *a, const struct config_listen *b)
 {
+	if (a->is_unix || b->is_unix)
+		return a->is_unix && b->is_unix && strcmp(a->text, b->text) == 0;
 	return ((const struct sockaddr_in *)&a->addr)->sin_port != 0 &&
 	       a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0;
 }
@@ -433,6 +465,184 @@ static int set_keys(struct parser *p, const char *value)
 	return list_each(p, value, keys_item);
 }
 
+/* A whole number in [min, max] for a [daemon] setting. */
+static int set_number(struct parser *p, const char *name, const char *value,
+		      unsigned long long min, unsigned long long max, unsigned *ret)
+{
+	unsigned long long n;
+
+	if (parse_uint(value, min, max, &n) < 0)
+		return fail(p, p->line, PS_E_CONFIG,
+			    "%s must be a whole number from %llu to %llu, not '%s'", name, min, max,
+			    value);
+	*ret = (unsigned)n;
+	return 0;
+}
+
+static int set_max_connections(struct parser *p, const char *value)
+{
+	return set_number(p, "max_connections", value, 1, CONFIG_CONNECTIONS_MAX,
+			  &p->cfg->max_connections);
+}
+
+static int set_connection_timeout(struct parser *p, const char *value)
+{
+	return set_number(p, "connection_timeout (seconds)", value, 1, 3600,
+			  &p->cfg->connection_timeout);
+}
+
+static int set_max_header_size(struct parser *p, const char *value)
+{
+	return set_number(p, "max_header_size (bytes)", value, CONFIG_HEADER_SIZE_MIN,
+			  CONFIG_HEADER_SIZE_MAX, &p->cfg->max_header_size);
+}
+
+static int set_request_timeout(struct parser *p, const char *value)
+{
+	return set_number(p, "request_timeout (seconds)", value, 1, 300,
+			  &p->cfg->request_timeout);
+}
+
+static int set_socket_mode(struct parser *p, const char *value)
+{
+	char *end = NULL;
+	unsigned long mode;
+
+	errno = 0;
+	mode = strtoul(value, &end, 8);
+	if (!value[0] || value[0] == '-' || value[0] == '+' || errno || *end || mode > 0777)
+		return fail(p, p->line, PS_E_CONFIG,
+			    "socket_mode must be an octal mode such as 0660, not '%s'", value);
+	p->cfg->socket_mode = (mode_t)mode;
+	return 0;
+}
+
+/* A user or group given by name or number. */
+static int lookup_id(const char *value, bool group, unsigned *ret)
+{
+	unsigned long long n;
+	char buf[4096];
+	bool found = false;
+
+	if (parse_uint(value, 0, UINT32_MAX - 1, &n) == 0) {
+		*ret = (unsigned)n;
+		return 0;
+	}
+	if (group) {
+		struct group gr, *res = NULL;
+
+		found = getgrnam_r(value, &gr, buf, sizeof(buf), &res) == 0 && res;
+		if (found)
+			*ret = res->gr_gid;
+	} else {
+		struct passwd pw, *res = NULL;
+
+		found = getpwnam_r(value, &pw, buf, sizeof(buf), &res) == 0 && res;
+		if (found)
+			*ret = res->pw_uid;
+	}
+	return found ? 0 : PS_E_NOT_FOUND;
+}
+
+static int set_socket_group(struct parser *p, const char *value)
+{
+	unsigned gid = 0;
+
+	if (!value[0] || lookup_id(value, true, &gid) < 0)
+		return fail(p, p->line, PS_E_CONFIG, "socket_group: no such group '%s'", value);
+	p->cfg->socket_group = (gid_t)gid;
+	p->cfg->has_socket_group = true;
+	return 0;
+}
+
+static int set_audit_log(struct parser *p, const char *value)
+{
+	if (value[0] != '/')
+		return fail(p, p->line, PS_E_CONFIG, "audit_log must be an absolute path, not '%s'",
+			    value);
+	p->cfg->audit_log = strdup(value);
+	return p->cfg->audit_log ? 0 : fail_nomem(p);
+}
+
+int config_parse_rate(const char *text, double *ret)
+{
+	static const struct { char unit; double seconds; } units[] = {
+		{ 's', 1 }, { 'm', 60 }, { 'h', 3600 },
+	};
+	const char *slash = strchr(text, '/');
+	char digits[16];
+	unsigned long long n;
+	size_t len = slash ? (size_t)(slash - text) : 0;
+
+	if (!slash || len == 0 || len >= sizeof(digits) || strlen(slash) != 2)
+		return PS_E_CONFIG;
+	memcpy(digits, text, len);
+	digits[len] = '\0';
+	if (parse_uint(digits, 1, 1000000, &n) < 0)
+		return PS_E_CONFIG;
+	for (size_t i = 0; i < ELEMENTSOF(units); i++)
+		if (slash[1] == units[i].unit) {
+			*ret = (double)n / units[i].seconds;
+			return 0;
+		}
+	return PS_E_CONFIG;
+}
+
+static int parse_rate_setting(struct parser *p, const char *value, double *ret)
+{
+	if (config_parse_rate(value, ret) < 0)
+		return fail(p, p->line, PS_E_CONFIG,
+			    "rate must be N/s, N/m or N/h (N a whole number from 1 to 1000000), "
+			    "not '%s'", value);
+	return 0;
+}
+
+static int set_daemon_rate(struct parser *p, const char *value)
+{
+	return parse_rate_setting(p, value, &p->cfg->rate);
+}
+
+static int set_daemon_burst(struct parser *p, const char *value)
+{
+	return set_number(p, "burst", value, 1, CONFIG_BURST_MAX, &p->cfg->burst);
+}
+
+static int set_client_rate(struct parser *p, const char *value)
+{
+	return parse_rate_setting(p, value, &client_current(p)->rate);
+}
+
+static int set_client_burst(struct parser *p, const char *value)
+{
+	return set_number(p, "burst", value, 1, CONFIG_BURST_MAX, &client_current(p)->burst);
+}
+
+static int set_uid(struct parser *p, const char *value)
+{
+	struct config_client *c = client_current(p);
+	unsigned uid = 0;
+
+	if (!value[0] || lookup_id(value, false, &uid) < 0)
+		return fail(p, p->line, PS_E_CONFIG, "client '%s': uid: no such user '%s'", c->name,
+			    value);
+	c->uid = (uid_t)uid;
+	c->has_uid = true;
+	return 0;
+}
+
+static int set_gid(struct parser *p, const char *value)
+{
+	struct config_client *c = client_current(p);
+	unsigned gid = 0;
+
+	if (!value[0] || lookup_id(value, true, &gid) < 0)
+		return fail(p, p->line, PS_E_CONFIG, "client '%s': gid: no such group '%s'",
+			    c->name, value);
+	c->gid = (gid_t)gid;
+	c->has_gid = true;
+	return 0;
+}
+
 static const struct setting {
 	enum section section;
 	const char *name;
@@ -442,10 +652,23 @@ static const struct setting {
 	{ SECTION_DAEMON, "listen", false, set_listen },
 	{ SECTION_DAEMON, "workers", false, set_workers },
 	{ SECTION_DAEMON, "validity", false, set_validity },
+	{ SECTION_DAEMON, "socket_mode", false, set_socket_mode },
+	{ SECTION_DAEMON, "socket_group", false, set_socket_group },
+	{ SECTION_DAEMON, "audit_log", false, set_audit_log },
+	{ SECTION_DAEMON, "rate", false, set_daemon_rate },
+	{ SECTION_DAEMON, "burst", false, set_daemon_burst },
+	{ SECTION_DAEMON, "max_connections", false, set_max_connections },
+	{ SECTION_DAEMON, "connection_timeout", false, set_connection_timeout },
+	{ SECTION_DAEMON, "max_header_size", false, set_max_header_size },
+	{ SECTION_DAEMON, "request_timeout", false, set_request_timeout },
 	{ SECTION_KEY, "uri", true, set_uri },
 	{ SECTION_KEY, "certificate", false, set_certificate },
-	{ SECTION_CLIENT, "token_sha256", true, set_token_sha256 },
+	{ SECTION_CLIENT, "token_sha256", false, set_token_sha256 },
+	{ SECTION_CLIENT, "uid", false, set_uid },
+	{ SECTION_CLIENT, "gid", false, set_gid },
 	{ SECTION_CLIENT, "keys", true, set_keys },
+	{ SECTION_CLIENT, "rate", false, set_client_rate },
+	{ SECTION_CLIENT, "burst", false, set_client_burst },
 };
 
 /* The inih handler: one "name = value" line of the current section. */
@@ -482,6 +705,11 @@ static int section_end(struct parser *p)
 		    !(p->seen & (1u << i)))
 			return fail(p, p->section_line, PS_E_CONFIG, "missing %s in [%s]",
 				    settings[i].name, p->section_text);
+	if (p->section == SECTION_CLIENT && !client_current(p)->has_token &&
+	    !client_current(p)->has_uid && !client_current(p)->has_gid)
+		return fail(p, p->section_line, PS_E_CONFIG,
+			    "[%s] needs token_sha256, uid or gid: how else would a caller be "
+			    "recognised?", p->section_text);
 	return 0;
 }
 
@@ -740,6 +968,26 @@ static int defaults_apply(struct parser *p)
 	}
 	if (c->validity == 0)
 		c->validity = CONFIG_VALIDITY_DEFAULT;
+	if (c->socket_mode == 0)
+		c->socket_mode = CONFIG_SOCKET_MODE_DEFAULT;
+	if (c->rate == 0)
+		c->rate = CONFIG_RATE_DEFAULT;
+	if (c->burst == 0)
+		c->burst = CONFIG_BURST_DEFAULT;
+	if (c->max_connections == 0)
+		c->max_connections = CONFIG_CONNECTIONS_DEFAULT;
+	if (c->connection_timeout == 0)
+		c->connection_timeout = CONFIG_CONN_TIMEOUT_DEFAULT;
+	if (c->max_header_size == 0)
+		c->max_header_size = CONFIG_HEADER_SIZE_DEFAULT;
+	if (c->request_timeout == 0)
+		c->request_timeout = CONFIG_REQUEST_TIMEOUT_DEFAULT;
+	for (size_t i = 0; i < c->n_clients; i++) {
+		if (c->clients[i].rate == 0)
+			c->clients[i].rate = c->rate;
+		if (c->clients[i].burst == 0)
+			c->clients[i].burst = c->burst;
+	}
 	return 0;
 }
 
@@ -812,6 +1060,7 @@ void config_free(struct config *c)
 	}
 	free(c->keys);
 	free(c->clients);
+	free(c->audit_log);
 	free(c->path);
 	free(c);
 }

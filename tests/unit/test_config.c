@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -249,14 +250,14 @@ START_TEST(listen_refused)
 	listen_bad(" 127.0.0.1:1", "not an IPv4 address, [IPv6] address or localhost");
 	listen_bad("localhost.:1", "not an IPv4 address, [IPv6] address or localhost");
 	{
-		/* 79 characters fit in config_listen.text, 80 do not. */
-		char longest[96] = "127.0.0.1:";
+		/* 127 characters fit in config_listen.text, 128 do not. */
+		char longest[160] = "127.0.0.1:";
 
-		memset(longest + 10, '0', 68);
-		strcpy(longest + 78, "1");
-		ck_assert_uint_eq(strlen(longest), 79);
+		memset(longest + 10, '0', 116);
+		strcpy(longest + 126, "1");
+		ck_assert_uint_eq(strlen(longest), 127);
 		assert_ipv4((struct config_listen[]){ listen_ok(longest) }, "127.0.0.1", 1);
-		strcpy(longest + 78, "01");
+		strcpy(longest + 126, "01");
 		listen_bad(longest, "too long");
 	}
 }
@@ -705,10 +706,10 @@ START_TEST(daemon_values)
 	refused("[daemon]\nlisten = [::1]:7, 127.0.0.1:7 ,[::1]:7\n" KEY_K, 2,
 		"listen address '[::1]:7' given twice");
 	{
-		char addr[96] = "127.0.0.1:";
+		char addr[160] = "127.0.0.1:";
 
-		memset(addr + 10, '0', 69);
-		strcpy(addr + 79, "1");
+		memset(addr + 10, '0', 117);
+		strcpy(addr + 127, "1");
 		snprintf(text, sizeof(text), ADDR_OK, addr);
 		refused(text, 2, "bad listen address '%s': too long", addr);
 	}
@@ -731,6 +732,85 @@ START_TEST(daemon_values)
 	refused("[daemon]\nvalidity = 1d # a day\n" KEY_K, 2,
 		"validity must be Nm, Nh or Nd (N a whole number >= 1), at most 30d, "
 		"not '1d # a day'");
+}
+END_TEST
+
+START_TEST(security_values)
+{
+	struct config *c;
+	const struct sockaddr_un *sun;
+
+	c = load_ok("[daemon]\nlisten = unix:/run/popsign/p.sock, 127.0.0.1:0\n"
+		    "socket_mode = 0600\nsocket_group = 0\naudit_log = /var/log/p/audit.log\n"
+		    "rate = 120/m\nburst = 5\nmax_connections = 64\nconnection_timeout = 30\n"
+		    "max_header_size = 8192\nrequest_timeout = 2\n" KEY_K
+		    "[client u]\nuid = 0\ngid = root\nkeys = *\n"
+		    "[client t]\ntoken_sha256 = " HASH_A "\nkeys = k\nrate = 1/s\nburst = 2\n");
+	ck_assert(c->listen[0].is_unix);
+	sun = (const struct sockaddr_un *)&c->listen[0].addr;
+	ck_assert_int_eq(sun->sun_family, AF_UNIX);
+	ck_assert_str_eq(sun->sun_path, "/run/popsign/p.sock");
+	ck_assert(!c->listen[1].is_unix);
+	ck_assert_uint_eq(c->socket_mode, 0600);
+	ck_assert(c->has_socket_group);
+	ck_assert_uint_eq(c->socket_group, 0);
+	ck_assert_str_eq(c->audit_log, "/var/log/p/audit.log");
+	ck_assert(c->rate > 1.99 && c->rate < 2.01);
+	ck_assert_uint_eq(c->burst, 5);
+	ck_assert_uint_eq(c->max_connections, 64);
+	ck_assert_uint_eq(c->connection_timeout, 30);
+	ck_assert_uint_eq(c->max_header_size, 8192);
+	ck_assert_uint_eq(c->request_timeout, 2);
+	ck_assert(c->clients[0].has_uid && c->clients[0].uid == 0);
+	ck_assert(c->clients[0].has_gid && c->clients[0].gid == 0);
+	ck_assert(!c->clients[0].has_token);
+	ck_assert(c->clients[0].rate > 1.99 && c->clients[0].rate < 2.01); /* the daemon's */
+	ck_assert_uint_eq(c->clients[0].burst, 5);
+	ck_assert(c->clients[1].rate > 0.99 && c->clients[1].rate < 1.01);
+	ck_assert_uint_eq(c->clients[1].burst, 2);
+	config_free(c);
+
+	c = load_ok(KEY_K);
+	ck_assert_ptr_null(c->audit_log);
+	ck_assert_uint_eq(c->socket_mode, CONFIG_SOCKET_MODE_DEFAULT);
+	ck_assert_uint_eq(c->max_connections, CONFIG_CONNECTIONS_DEFAULT);
+	ck_assert_uint_eq(c->request_timeout, CONFIG_REQUEST_TIMEOUT_DEFAULT);
+	config_free(c);
+
+	refused("[daemon]\nlisten = unix:run/p.sock\n" KEY_K, 2, "bad listen address "
+		"'unix:run/p.sock': a Unix socket path must be absolute: unix:/run/popsign/popsignd.sock");
+	refused("[daemon]\nlisten = unix:/a, unix:/a\n" KEY_K, 2,
+		"listen address 'unix:/a' given twice");
+	refused("[daemon]\nsocket_mode = 0999\n" KEY_K, 2,
+		"socket_mode must be an octal mode such as 0660, not '0999'");
+	refused("[daemon]\nsocket_mode = 01777\n" KEY_K, 2,
+		"socket_mode must be an octal mode such as 0660, not '01777'");
+	refused("[daemon]\nsocket_group = no-such-group-here\n" KEY_K, 2,
+		"socket_group: no such group 'no-such-group-here'");
+	refused("[daemon]\naudit_log = audit.log\n" KEY_K, 2,
+		"audit_log must be an absolute path, not 'audit.log'");
+	refused("[daemon]\nrate = 10\n" KEY_K, 2, "rate must be N/s, N/m or N/h (N a whole "
+		"number from 1 to 1000000), not '10'");
+	refused("[daemon]\nrate = 0/s\n" KEY_K, 2, "rate must be N/s, N/m or N/h (N a whole "
+		"number from 1 to 1000000), not '0/s'");
+	refused("[daemon]\nrate = 5/d\n" KEY_K, 2, "rate must be N/s, N/m or N/h (N a whole "
+		"number from 1 to 1000000), not '5/d'");
+	refused("[daemon]\nburst = 0\n" KEY_K, 2,
+		"burst must be a whole number from 1 to 100000, not '0'");
+	refused("[daemon]\nmax_connections = 0\n" KEY_K, 2,
+		"max_connections must be a whole number from 1 to 10000, not '0'");
+	refused("[daemon]\nconnection_timeout = 0\n" KEY_K, 2,
+		"connection_timeout (seconds) must be a whole number from 1 to 3600, not '0'");
+	refused("[daemon]\nmax_header_size = 100\n" KEY_K, 2,
+		"max_header_size (bytes) must be a whole number from 1024 to 1048576, not '100'");
+	refused("[daemon]\nrequest_timeout = 301\n" KEY_K, 2,
+		"request_timeout (seconds) must be a whole number from 1 to 300, not '301'");
+	refused(KEY_K "[client c]\nuid = no-such-user-here\nkeys = *\n", 4,
+		"client 'c': uid: no such user 'no-such-user-here'");
+	refused(KEY_K "[client c]\ngid = no-such-group-here\nkeys = *\n", 4,
+		"client 'c': gid: no such group 'no-such-group-here'");
+	refused(KEY_K "[client c]\nuid = 0\nkeys = *\nrate = fast\n", 6, "rate must be N/s, "
+		"N/m or N/h (N a whole number from 1 to 1000000), not 'fast'");
 }
 END_TEST
 
@@ -762,7 +842,8 @@ END_TEST
 
 START_TEST(client_values)
 {
-	refused(KEY_K "[client c]\nkeys = *\n", 3, "missing token_sha256 in [client c]");
+	refused(KEY_K "[client c]\nkeys = *\n", 3,
+		"[client c] needs token_sha256, uid or gid: how else would a caller be recognised?");
 	refused(KEY_K "[client c]\ntoken_sha256 = " HASH_A "\n", 3, "missing keys in [client c]");
 	refused(KEY_K "[client c]\ntoken_sha256 = " HASH_A "\n[client d]\n", 3,
 		"missing keys in [client c]");
@@ -890,6 +971,7 @@ int main(void)
 	tcase_add_test(files, daemon_values);
 	tcase_add_test(files, key_values);
 	tcase_add_test(files, client_values);
+	tcase_add_test(files, security_values);
 	tcase_add_test(files, client_keys);
 	tcase_add_test(files, arbitrary_bytes);
 	suite_add_tcase(s, files);
