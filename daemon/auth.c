@@ -51,14 +51,24 @@ static int bearer_token(const char *header, const char **ret, size_t *ret_len)
 	return 0;
 }
 
-int auth_authenticate(const struct config *cfg, const char *authorization,
-		      const struct config_client **ret)
+/* Whether the peer has the uid and gid client names (those it names). */
+static bool peer_matches(const struct config_client *c, const struct auth_peer *peer)
+{
+	if (!c->has_uid && !c->has_gid)
+		return true;
+	if (!peer || !peer->is_unix)
+		return false;
+	return (!c->has_uid || c->uid == peer->uid) && (!c->has_gid || c->gid == peer->gid);
+}
+
+static int authenticate_token(const struct config *cfg, const char *authorization,
+			      const struct auth_peer *peer, const struct config_client **ret)
 {
 	uint8_t digest[32];
 	const char *token;
 	size_t len, match = SIZE_MAX;
 
-	if (!cfg || bearer_token(authorization, &token, &len) < 0)
+	if (bearer_token(authorization, &token, &len) < 0)
 		return PS_E_UNAUTHORIZED;
 	if (!EVP_Digest(token, len, digest, NULL, EVP_sha256(), NULL))
 		return PS_E_CRYPTO;
@@ -72,10 +82,30 @@ int auth_authenticate(const struct config *cfg, const char *authorization,
 
 		match = (match & ~mask) | (i & mask);
 	}
-	if (match == SIZE_MAX)
+	if (match == SIZE_MAX || !peer_matches(&cfg->clients[match], peer))
 		return PS_E_UNAUTHORIZED;
 	*ret = &cfg->clients[match];
 	return 0;
+}
+
+int auth_authenticate(const struct config *cfg, const char *authorization,
+		      const struct auth_peer *peer, const struct config_client **ret)
+{
+	if (!cfg)
+		return PS_E_UNAUTHORIZED;
+	if (authorization)
+		return authenticate_token(cfg, authorization, peer, ret);
+	if (!peer || !peer->is_unix)
+		return PS_E_UNAUTHORIZED;
+	for (size_t i = 0; i < cfg->n_clients; i++) {
+		const struct config_client *c = &cfg->clients[i];
+
+		if (!c->has_token && (c->has_uid || c->has_gid) && peer_matches(c, peer)) {
+			*ret = c;
+			return 0;
+		}
+	}
+	return PS_E_UNAUTHORIZED;
 }
 
 bool auth_may_use_key(const struct config_client *client, const char *key_name)

@@ -607,6 +607,11 @@ static int set_daemon_burst(struct parser *p, const char *value)
 	return set_number(p, "burst", value, 1, CONFIG_BURST_MAX, &p->cfg->burst);
 }
 
+static int set_auth_failures(struct parser *p, const char *value)
+{
+	return set_number(p, "auth_failures", value, 1, 1000000, &p->cfg->auth_failures);
+}
+
 static int set_client_rate(struct parser *p, const char *value)
 {
 	return parse_rate_setting(p, value, &client_current(p)->rate);
@@ -657,6 +662,7 @@ static const struct setting {
 	{ SECTION_DAEMON, "audit_log", false, set_audit_log },
 	{ SECTION_DAEMON, "rate", false, set_daemon_rate },
 	{ SECTION_DAEMON, "burst", false, set_daemon_burst },
+	{ SECTION_DAEMON, "auth_failures", false, set_auth_failures },
 	{ SECTION_DAEMON, "max_connections", false, set_max_connections },
 	{ SECTION_DAEMON, "connection_timeout", false, set_connection_timeout },
 	{ SECTION_DAEMON, "max_header_size", false, set_max_header_size },
@@ -974,6 +980,8 @@ static int defaults_apply(struct parser *p)
 		c->rate = CONFIG_RATE_DEFAULT;
 	if (c->burst == 0)
 		c->burst = CONFIG_BURST_DEFAULT;
+	if (c->auth_failures == 0)
+		c->auth_failures = CONFIG_AUTH_FAILURES_DEFAULT;
 	if (c->max_connections == 0)
 		c->max_connections = CONFIG_CONNECTIONS_DEFAULT;
 	if (c->connection_timeout == 0)

@@ -1,7 +1,7 @@
 /* popsignd's configuration: an INI file read with inih.
  *
  *   [daemon]        listen, workers, validity, socket_mode, socket_group,
- *                   audit_log, rate, burst, max_connections,
+ *                   audit_log, rate, burst, auth_failures, max_connections,
  *                   connection_timeout, max_header_size, request_timeout
  *   [key NAME]      uri, certificate
  *   [client NAME]   token_sha256, uid, gid, keys, rate, burst
@@ -28,6 +28,7 @@
 #define CONFIG_RATE_DEFAULT 10.0     /* signing requests per second, per client */
 #define CONFIG_BURST_DEFAULT 20
 #define CONFIG_BURST_MAX 100000
+#define CONFIG_AUTH_FAILURES_DEFAULT 5
 #define CONFIG_CONNECTIONS_DEFAULT 256
 #define CONFIG_CONNECTIONS_MAX 10000
 #define CONFIG_CONN_TIMEOUT_DEFAULT 10   /* seconds */
@@ -77,6 +78,7 @@ struct config {
 	char *audit_log;                 /* NULL: no audit trail */
 	double rate;                     /* client default, CONFIG_RATE_DEFAULT */
 	unsigned burst;                  /* client default, CONFIG_BURST_DEFAULT */
+	unsigned auth_failures;          /* per peer per minute, CONFIG_AUTH_FAILURES_DEFAULT */
 	unsigned max_connections;
 	unsigned connection_timeout;     /* seconds */
 	unsigned max_header_size;        /* bytes */

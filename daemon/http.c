@@ -3,68 +3,96 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
 
 #include "auth.h"
-#include "code.h"
 #include "error.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "request.h"
 #include "text.h"
 #include "util.h"
 
-#define HTTP_CONNECTION_LIMIT 256
-#define HTTP_CONNECTION_TIMEOUT 10 /* seconds */
-#define HTTP_MEMORY_LIMIT (32 * 1024) /* per connection: bounds the request headers */
 #define MEDIA_JSON "application/json"
 #define MEDIA_PEM "application/x-pem-file"
+#define PEER_MAX 64
+
+/* What a request is served with: swapped whole on reload, freed when the
+ * last request holding it is done. */
+struct runtime {
+	atomic_uint refs;
+	struct config *cfg;
+	struct signer *signer;
+	struct limits *limits;
+};
+
+struct listener {
+	struct http_server *srv;
+	struct MHD_Daemon *daemon;
+	bool is_unix;
+	char text[160];
+};
+
+struct http_server {
+	pthread_mutex_t lock;            /* guards rt */
+	struct runtime *rt;
+	struct audit *audit;
+	atomic_ullong next_request_id;
+	struct listener listeners[CONFIG_LISTEN_MAX];
+	size_t n_listeners;
+};
 
 struct request;
-typedef enum MHD_Result (*handler_fn)(struct http_server *srv, struct request *req,
-				      struct MHD_Connection *conn);
+typedef enum MHD_Result (*handler_fn)(struct request *req, struct MHD_Connection *conn);
 
 struct route {
 	const char *pattern;    /* path segments; "{key}" matches a key name */
 	const char *method;     /* the one method served (GET also answers HEAD) */
 	bool auth;
-	bool has_body;
+	bool sign;              /* the signing route: limited and audited */
 	handler_fn handler;
 };
 
 struct request {
+	struct http_server *srv;
+	struct runtime *rt;
 	const struct route *route;
 	const struct config_client *client;
+	uint64_t id;
+	char peer[PEER_MAX];             /* "127.0.0.1:50312" or "uid=1000" */
+	char peer_key[PEER_MAX];         /* the same without the port: for back-off */
+	struct auth_peer auth_peer;
 	char key[CONFIG_NAME_MAX + 1];
 	size_t key_index;
+	unsigned retry_after;            /* seconds, for 429 and 503 */
+	struct sign_request sign;        /* parsed body of the signing route */
 	bool too_large;
 	size_t body_len;
 	char body[HTTP_BODY_MAX + 1];
 };
 
-struct http_server {
-	const struct config *cfg;
-	struct signer *signer;
-	struct MHD_Daemon *daemons[CONFIG_LISTEN_MAX];
-	size_t n_daemons;
-};
-
-static enum MHD_Result handle_healthz(struct http_server *, struct request *, struct MHD_Connection *);
-static enum MHD_Result handle_keys(struct http_server *, struct request *, struct MHD_Connection *);
-static enum MHD_Result handle_key(struct http_server *, struct request *, struct MHD_Connection *);
-static enum MHD_Result handle_key_certificate(struct http_server *, struct request *,
-					      struct MHD_Connection *);
-static enum MHD_Result handle_sign(struct http_server *, struct request *, struct MHD_Connection *);
+static enum MHD_Result handle_healthz(struct request *, struct MHD_Connection *);
+static enum MHD_Result handle_keys(struct request *, struct MHD_Connection *);
+static enum MHD_Result handle_key(struct request *, struct MHD_Connection *);
+static enum MHD_Result handle_key_certificate(struct request *, struct MHD_Connection *);
+static enum MHD_Result handle_sign(struct request *, struct MHD_Connection *);
 
 static const struct route routes[] = {
 	{"/healthz", "GET", false, false, handle_healthz},
@@ -74,13 +102,90 @@ static const struct route routes[] = {
 	{"/v1/keys/{key}/verification-certificates", "POST", true, true, handle_sign},
 };
 
+/* ---- runtime ------------------------------------------------------------ */
+
+static struct runtime *runtime_new(struct config *cfg, struct signer *signer)
+{
+	struct runtime *rt = calloc(1, sizeof(*rt));
+
+	if (!rt || limits_new(cfg->n_clients, &rt->limits) < 0) {
+		free(rt);
+		return NULL;
+	}
+	atomic_init(&rt->refs, 1);
+	rt->cfg = cfg;
+	rt->signer = signer;
+	limits_set_auth_failures(rt->limits, cfg->auth_failures);
+	for (size_t i = 0; i < cfg->n_clients; i++)
+		limits_set_bucket(rt->limits, i, cfg->clients[i].rate, cfg->clients[i].burst);
+	return rt;
+}
+
+static void runtime_unref(struct runtime *rt)
+{
+	if (!rt || atomic_fetch_sub(&rt->refs, 1) != 1)
+		return;
+	signer_free(rt->signer);
+	config_free(rt->cfg);
+	limits_free(rt->limits);
+	free(rt);
+}
+
+static struct runtime *runtime_get(struct http_server *srv)
+{
+	struct runtime *rt;
+
+	pthread_mutex_lock(&srv->lock);
+	rt = srv->rt;
+	atomic_fetch_add(&rt->refs, 1);
+	pthread_mutex_unlock(&srv->lock);
+	return rt;
+}
+
+/* ---- audit -------------------------------------------------------------- */
+
+static bool is_sign_route(const struct request *req)
+{
+	return req->route && req->route->sign;
+}
+
+/* Records the outcome of a signing request.  Returns 0 or PS_E_AUDIT. */
+static int audit_outcome(const struct request *req, const char *error, const struct issued *c)
+{
+	struct audit_record rec = {
+		.request_id = req->id,
+		.client = req->client ? req->client->name : NULL,
+		.peer = req->peer,
+		.key = req->key[0] ? req->key : NULL,
+		.code = req->sign.code,
+		.context = req->sign.context,
+		.outcome = c ? "issued" : "denied",
+		.error = error,
+		.serial = c ? c->serial_hex : NULL,
+		.sha256_fingerprint = c ? c->sha256_fingerprint : NULL,
+		.not_after = c ? c->not_after : 0,
+	};
+
+	if (!req->srv->audit)
+		return 0;
+	clock_gettime(CLOCK_REALTIME, &rec.time);
+	return audit_write(req->srv->audit, &rec);
+}
+
 /* ---- responses ---------------------------------------------------------- */
 
-static void add_common_headers(struct MHD_Response *resp, const char *content_type)
+static void add_common_headers(struct MHD_Response *resp, const struct request *req,
+			       const char *content_type)
 {
+	char id[24];
+
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	if (req) {
+		snprintf(id, sizeof(id), "%llu", (unsigned long long)req->id);
+		MHD_add_response_header(resp, "X-Request-Id", id);
+	}
 }
 
 static enum MHD_Result queue(struct MHD_Connection *conn, unsigned status, struct MHD_Response *resp)
@@ -94,19 +199,20 @@ static enum MHD_Result queue(struct MHD_Connection *conn, unsigned status, struc
 	return ret;
 }
 
-static enum MHD_Result respond_text(struct MHD_Connection *conn, unsigned status,
-				    const char *content_type, const char *text)
+static enum MHD_Result respond_text(struct MHD_Connection *conn, const struct request *req,
+				    unsigned status, const char *content_type, const char *text)
 {
 	struct MHD_Response *resp = MHD_create_response_from_buffer(
 		strlen(text), (void *)(uintptr_t)text, MHD_RESPMEM_MUST_COPY);
 
 	if (resp)
-		add_common_headers(resp, content_type);
+		add_common_headers(resp, req, content_type);
 	return queue(conn, status, resp);
 }
 
-/* Sends body (stolen) as JSON. */
-static enum MHD_Result respond_json(struct MHD_Connection *conn, unsigned status, json_t *body)
+/* Sends body (stolen) as JSON, with a final newline. */
+static enum MHD_Result respond_json(struct MHD_Connection *conn, const struct request *req,
+				    unsigned status, json_t *body)
 {
 	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	struct MHD_Response *resp;
@@ -116,28 +222,50 @@ static enum MHD_Result respond_json(struct MHD_Connection *conn, unsigned status
 	if (!text)
 		return MHD_NO;
 	len = strlen(text);
-	text[len] = '\n';
+	text[len] = '\n'; /* json_dumps() leaves room: the NUL is not sent */
 	resp = MHD_create_response_from_buffer(len + 1, text, MHD_RESPMEM_MUST_FREE);
 	if (!resp) {
 		free(text);
 		return MHD_NO;
 	}
-	add_common_headers(resp, MEDIA_JSON);
+	add_common_headers(resp, req, MEDIA_JSON);
 	return queue(conn, status, resp);
 }
 
-/* The fixed error body for err; detail (optional) replaces the table's
- * sentence with something more specific. */
-static enum MHD_Result respond_error(struct MHD_Connection *conn, const struct request *req,
-				     int err, const char *detail)
+static void add_error_headers(struct MHD_Response *resp, const struct request *req,
+			      unsigned status)
 {
+	char seconds[16];
+
+	if (status == MHD_HTTP_UNAUTHORIZED)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+					"Bearer realm=\"popsignd\"");
+	if (status == MHD_HTTP_METHOD_NOT_ALLOWED && req->route)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+					strcmp(req->route->method, "GET") == 0 ? "GET, HEAD"
+									       : req->route->method);
+	if (status == MHD_HTTP_TOO_MANY_REQUESTS || status == MHD_HTTP_SERVICE_UNAVAILABLE) {
+		snprintf(seconds, sizeof(seconds), "%u", req->retry_after ? req->retry_after : 1);
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, seconds);
+	}
+}
+
+/* The fixed error body for err; detail (optional) replaces the table's
+ * sentence with something more specific.  Denials on the signing route are
+ * audited. */
+static enum MHD_Result respond_error(struct MHD_Connection *conn, struct request *req, int err,
+				     const char *detail)
+{
+	unsigned status = (unsigned)ps_error_http_status(err);
 	json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", ps_error_code(err), "message",
 				 detail ? detail : ps_strerror(err));
 	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-	unsigned status = (unsigned)ps_error_http_status(err);
 	struct MHD_Response *resp;
 
 	json_decref(body);
+	if (is_sign_route(req) && audit_outcome(req, ps_error_code(err), NULL) < 0)
+		log_error("request %llu: the denial could not be audited",
+			  (unsigned long long)req->id);
 	if (!text)
 		return MHD_NO;
 	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
@@ -145,21 +273,15 @@ static enum MHD_Result respond_error(struct MHD_Connection *conn, const struct r
 		free(text);
 		return MHD_NO;
 	}
-	add_common_headers(resp, MEDIA_JSON);
-	if (status == MHD_HTTP_UNAUTHORIZED)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
-					"Bearer realm=\"popsignd\"");
-	if (status == MHD_HTTP_METHOD_NOT_ALLOWED && req && req->route)
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
-					strcmp(req->route->method, "GET") == 0 ? "GET, HEAD"
-									       : req->route->method);
+	add_common_headers(resp, req, MEDIA_JSON);
+	add_error_headers(resp, req, status);
 	return queue(conn, status, resp);
 }
 
 /* ---- routing ------------------------------------------------------------ */
 
-/* Matches url against pattern segment by segment; "{key}" takes one
- * non-empty segment of at most CONFIG_NAME_MAX bytes into key. */
+/* Matches url against pattern; "{key}" takes one non-empty segment of at
+ * most CONFIG_NAME_MAX bytes into key. */
 static bool route_match(const char *pattern, const char *url, char key[CONFIG_NAME_MAX + 1],
 			bool *key_too_long)
 {
@@ -192,6 +314,7 @@ static const struct route *route_find(const char *url, char key[CONFIG_NAME_MAX 
 	for (size_t i = 0; i < ELEMENTSOF(routes); i++)
 		if (route_match(routes[i].pattern, url, key, key_too_long))
 			return &routes[i];
+	key[0] = '\0';
 	return NULL;
 }
 
@@ -202,16 +325,16 @@ static bool method_allowed(const struct route *route, const char *method)
 	return strcmp(route->method, "GET") == 0 && strcmp(method, "HEAD") == 0;
 }
 
-/* Resolves the key named in the path for an authenticated caller.  Callers
- * not allowed every key learn nothing about keys they may not use: 403. */
-static int resolve_key(struct http_server *srv, struct request *req, bool key_too_long)
+/* Callers not allowed every key learn nothing about keys they may not use:
+ * 403, whether the key exists or not. */
+static int resolve_key(struct request *req, bool key_too_long)
 {
 	bool may = !key_too_long && config_name_valid(req->key) &&
 		   auth_may_use_key(req->client, req->key);
 
 	if (!may)
 		return req->client->all_keys ? PS_E_NOT_FOUND : PS_E_FORBIDDEN;
-	return signer_find_key(srv->signer, req->key, &req->key_index);
+	return signer_find_key(req->rt->signer, req->key, &req->key_index);
 }
 
 static bool media_type_is(const char *value, const char *type)
@@ -242,9 +365,27 @@ static int check_body_headers(struct MHD_Connection *conn)
 	return 0;
 }
 
+/* Who the caller is, with failed attempts slowed down per peer. */
+static int authenticate(struct request *req, struct MHD_Connection *conn)
+{
+	const char *authorization = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+								MHD_HTTP_HEADER_AUTHORIZATION);
+	int r = limits_auth_check(req->rt->limits, req->peer_key, &req->retry_after);
+
+	if (r < 0)
+		return r;
+	r = auth_authenticate(req->rt->cfg, authorization, &req->auth_peer, &req->client);
+	if (r == PS_E_UNAUTHORIZED) {
+		limits_auth_failed(req->rt->limits, req->peer_key);
+		log_warning("request %llu from %s: authentication failed",
+			    (unsigned long long)req->id, req->peer);
+	}
+	return r;
+}
+
 /* Everything decided from the request line and headers alone. */
-static int request_begin(struct http_server *srv, struct request *req,
-			 struct MHD_Connection *conn, const char *url, const char *method)
+static int request_begin(struct request *req, struct MHD_Connection *conn, const char *url,
+			 const char *method)
 {
 	bool key_too_long = false;
 	int r;
@@ -254,39 +395,86 @@ static int request_begin(struct http_server *srv, struct request *req,
 		return PS_E_NOT_FOUND;
 	if (!method_allowed(req->route, method))
 		return PS_E_METHOD;
-	if (req->route->auth) {
-		r = auth_authenticate(srv->cfg,
-				      MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-								  MHD_HTTP_HEADER_AUTHORIZATION),
-				      &req->client);
-		if (r < 0)
-			return r;
-	}
-	if (strstr(req->route->pattern, "{key}")) {
-		r = resolve_key(srv, req, key_too_long);
-		if (r < 0)
-			return r;
-	}
-	return req->route->has_body ? check_body_headers(conn) : 0;
+	if (!req->route->auth)
+		return 0;
+	r = authenticate(req, conn);
+	if (r == 0 && strstr(req->route->pattern, "{key}"))
+		r = resolve_key(req, key_too_long);
+	if (r == 0 && req->route->sign)
+		r = limits_take(req->rt->limits, (size_t)(req->client - req->rt->cfg->clients),
+				&req->retry_after);
+	if (r == 0 && req->route->sign)
+		r = check_body_headers(conn);
+	return r;
 }
+
+/* ---- peers -------------------------------------------------------------- */
+
+static void peer_describe(struct request *req, const struct listener *l,
+			  struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info;
+	char host[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+
+	if (l->is_unix) {
+		struct ucred cred = {0, (uid_t)-1, (gid_t)-1};
+		socklen_t len = sizeof(cred);
+
+		info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		if (info && getsockopt(info->connect_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+			req->auth_peer = (struct auth_peer){true, cred.uid, cred.gid};
+		snprintf(req->peer, sizeof(req->peer), "uid=%u", (unsigned)cred.uid);
+		snprintf(req->peer_key, sizeof(req->peer_key), "%s", req->peer);
+		return;
+	}
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (info && info->client_addr->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const void *)info->client_addr;
+
+		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+		port = ntohs(sin->sin_port);
+	} else if (info && info->client_addr->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const void *)info->client_addr;
+
+		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+		port = ntohs(sin6->sin6_port);
+	}
+	snprintf(req->peer, sizeof(req->peer), "%s:%u", host, port);
+	snprintf(req->peer_key, sizeof(req->peer_key), "%s", host);
+}
+
+static struct request *request_new(struct listener *l, struct MHD_Connection *conn)
+{
+	struct request *req = calloc(1, sizeof(*req));
+
+	if (!req)
+		return NULL;
+	req->srv = l->srv;
+	req->rt = runtime_get(l->srv);
+	req->id = atomic_fetch_add(&l->srv->next_request_id, 1) + 1;
+	peer_describe(req, l, conn);
+	return req;
+}
+
+/* ---- the libmicrohttpd callbacks ----------------------------------------- */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload,
 				  size_t *upload_size, void **con_cls)
 {
-	struct http_server *srv = cls;
 	struct request *req = *con_cls;
 	int r;
 
 	if (!req) {
-		req = calloc(1, sizeof(*req));
+		req = request_new(cls, conn);
 		if (!req)
 			return MHD_NO;
 		*con_cls = req;
-		r = request_begin(srv, req, conn, url, method);
+		r = request_begin(req, conn, url, method);
 		if (r < 0)
 			return respond_error(conn, req, r, NULL);
-		return req->route->has_body ? MHD_YES : req->route->handler(srv, req, conn);
+		return req->route->sign ? MHD_YES : req->route->handler(req, conn);
 	}
 	if (*upload_size > 0) {
 		/* Chunked bodies have no length up front: count while they stream. */
@@ -301,13 +489,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 	if (req->too_large)
 		return respond_error(conn, req, PS_E_TOO_LARGE, NULL);
-	return req->route->handler(srv, req, conn);
+	return req->route->handler(req, conn);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
-	free(*con_cls);
+	struct request *req = *con_cls;
+
+	if (!req)
+		return;
+	request_sign_free(&req->sign);
+	runtime_unref(req->rt);
+	free(req);
 	*con_cls = NULL;
 }
 
@@ -325,43 +519,40 @@ static json_t *key_json(const char *name, const struct ca_cert *ca)
 			 "not_after", na);
 }
 
-static enum MHD_Result handle_healthz(struct http_server *srv, struct request *req,
-				      struct MHD_Connection *conn)
+static enum MHD_Result handle_healthz(struct request *req, struct MHD_Connection *conn)
 {
-	return respond_json(conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
+	return respond_json(conn, req, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"));
 }
 
-static enum MHD_Result handle_keys(struct http_server *srv, struct request *req,
-				   struct MHD_Connection *conn)
+static enum MHD_Result handle_keys(struct request *req, struct MHD_Connection *conn)
 {
+	const struct signer *s = req->rt->signer;
 	json_t *list = json_array();
 
-	for (size_t i = 0; list && i < signer_key_count(srv->signer); i++) {
-		const char *name = signer_key_name(srv->signer, i);
+	for (size_t i = 0; list && i < signer_key_count(s); i++) {
+		const char *name = signer_key_name(s, i);
 
 		if (auth_may_use_key(req->client, name) &&
-		    json_array_append_new(list, key_json(name, signer_key_ca(srv->signer, i))) < 0) {
+		    json_array_append_new(list, key_json(name, signer_key_ca(s, i))) < 0) {
 			json_decref(list);
 			list = NULL;
 		}
 	}
 	if (!list)
 		return respond_error(conn, req, PS_E_NOMEM, NULL);
-	return respond_json(conn, MHD_HTTP_OK, json_pack("{s:o}", "keys", list));
+	return respond_json(conn, req, MHD_HTTP_OK, json_pack("{s:o}", "keys", list));
 }
 
-static enum MHD_Result handle_key(struct http_server *srv, struct request *req,
-				  struct MHD_Connection *conn)
+static enum MHD_Result handle_key(struct request *req, struct MHD_Connection *conn)
 {
-	return respond_json(conn, MHD_HTTP_OK,
-			    key_json(req->key, signer_key_ca(srv->signer, req->key_index)));
+	return respond_json(conn, req, MHD_HTTP_OK,
+			    key_json(req->key, signer_key_ca(req->rt->signer, req->key_index)));
 }
 
-static enum MHD_Result handle_key_certificate(struct http_server *srv, struct request *req,
-					      struct MHD_Connection *conn)
+static enum MHD_Result handle_key_certificate(struct request *req, struct MHD_Connection *conn)
 {
-	return respond_text(conn, MHD_HTTP_OK, MEDIA_PEM,
-			    signer_key_ca(srv->signer, req->key_index)->pem);
+	return respond_text(conn, req, MHD_HTTP_OK, MEDIA_PEM,
+			    signer_key_ca(req->rt->signer, req->key_index)->pem);
 }
 
 static bool wants_pem(struct MHD_Connection *conn)
@@ -373,89 +564,123 @@ static bool wants_pem(struct MHD_Connection *conn)
 }
 
 static enum MHD_Result respond_issued(struct MHD_Connection *conn, const struct request *req,
-				      const char *code, const struct issued *cert)
+				      const struct issued *cert)
 {
 	char nb[RFC3339_LEN], na[RFC3339_LEN];
 
 	if (wants_pem(conn))
-		return respond_text(conn, MHD_HTTP_CREATED, MEDIA_PEM, cert->pem);
+		return respond_text(conn, req, MHD_HTTP_CREATED, MEDIA_PEM, cert->pem);
 	time_format_rfc3339(cert->not_before, nb);
 	time_format_rfc3339(cert->not_after, na);
-	return respond_json(conn, MHD_HTTP_CREATED,
+	return respond_json(conn, req, MHD_HTTP_CREATED,
 			    json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "key", req->key,
-				      "verification_code", code, "certificate", cert->pem,
+				      "verification_code", req->sign.code, "certificate", cert->pem,
 				      "serial", cert->serial_hex, "not_before", nb, "not_after", na,
 				      "sha256_fingerprint", cert->sha256_fingerprint));
 }
 
-static enum MHD_Result handle_sign(struct http_server *srv, struct request *req,
-				   struct MHD_Connection *conn)
+static enum MHD_Result handle_sign(struct request *req, struct MHD_Connection *conn)
 {
 	char why[REQUEST_WHY_MAX];
-	struct sign_request sr = {0};
 	struct issued *cert = NULL;
 	enum MHD_Result ret;
 	int r;
 
-	r = request_parse_sign(req->body, req->body_len, &sr, why);
+	r = request_parse_sign(req->body, req->body_len, &req->sign, why);
 	if (r < 0)
 		return respond_error(conn, req, r, why[0] ? why : NULL);
-	r = signer_issue(srv->signer, req->key_index, sr.code, &cert);
+	r = signer_issue(req->rt->signer, req->key_index, req->sign.code, &cert);
 	if (r < 0) {
-		log_warning("client '%s' key '%s' code %s: not issued: %s", req->client->name,
-			    req->key, sr.code, ps_strerror(r));
-		request_sign_free(&sr);
+		log_warning("request %llu: client '%s' key '%s' code %s: not issued: %s",
+			    (unsigned long long)req->id, req->client->name, req->key,
+			    req->sign.code, ps_strerror(r));
 		return respond_error(conn, req, r, NULL);
 	}
-	log_info("issued: client '%s' key '%s' code %s serial %s sha256 %s%s%s",
-		 req->client->name, req->key, sr.code, cert->serial_hex, cert->sha256_fingerprint,
-		 sr.context ? " context " : "", sr.context ? sr.context : "");
-	ret = respond_issued(conn, req, sr.code, cert);
+	/* Fail closed: no certificate leaves without its durable record. */
+	if (audit_outcome(req, NULL, cert) < 0) {
+		log_error("request %llu: certificate %s not returned: the audit trail cannot be "
+			  "written", (unsigned long long)req->id, cert->serial_hex);
+		issued_free(cert);
+		return respond_error(conn, req, PS_E_AUDIT, NULL);
+	}
+	log_info("request %llu: issued: client '%s' peer %s key '%s' code %s serial %s%s%s",
+		 (unsigned long long)req->id, req->client->name, req->peer, req->key,
+		 req->sign.code, cert->serial_hex, req->sign.context ? " context " : "",
+		 req->sign.context ? req->sign.context : "");
+	ret = respond_issued(conn, req, cert);
 	issued_free(cert);
-	request_sign_free(&sr);
 	return ret;
 }
 
 /* ---- listeners ---------------------------------------------------------- */
 
-static void log_bound(int fd)
+static void listener_describe(int fd, struct listener *l)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 	char host[INET6_ADDRSTRLEN] = "?";
-	unsigned port = 0;
 
+	memset(&ss, 0, sizeof(ss));
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
 		return;
+	l->is_unix = ss.ss_family == AF_UNIX;
 	if (ss.ss_family == AF_INET) {
 		const struct sockaddr_in *sin = (const struct sockaddr_in *)&ss;
 
 		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
-		port = ntohs(sin->sin_port);
-		log_info("listening on %s:%u", host, port);
+		snprintf(l->text, sizeof(l->text), "%s:%u", host, ntohs(sin->sin_port));
 	} else if (ss.ss_family == AF_INET6) {
 		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&ss;
 
 		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
-		port = ntohs(sin6->sin6_port);
-		log_info("listening on [%s]:%u", host, port);
+		snprintf(l->text, sizeof(l->text), "[%s]:%u", host, ntohs(sin6->sin6_port));
+	} else if (ss.ss_family == AF_UNIX) {
+		snprintf(l->text, sizeof(l->text), "unix:%s",
+			 ((const struct sockaddr_un *)&ss)->sun_path);
 	}
 }
 
-static int listen_on(const struct config_listen *l, int *ret_fd)
+/* A stale socket file from an earlier run is removed; anything else at the
+ * path is left alone and bind() fails on it. */
+static void unlink_stale_socket(const char *path)
 {
-	int one = 1;
+	struct stat st;
+
+	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+		(void)unlink(path);
+}
+
+static int unix_socket_perms(const struct config *cfg, const char *path)
+{
+	if (chmod(path, cfg->socket_mode) < 0)
+		return PS_E_IO;
+	if (cfg->has_socket_group && chown(path, (uid_t)-1, cfg->socket_group) < 0)
+		return PS_E_IO;
+	return 0;
+}
+
+static int listen_on(const struct config *cfg, const struct config_listen *l, int *ret_fd)
+{
+	const char *path = ((const struct sockaddr_un *)&l->addr)->sun_path;
+	int one = 1, r = 0;
 	int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 
 	if (fd < 0)
 		return PS_E_IO;
-	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (l->is_unix)
+		unlink_stale_socket(path);
+	else
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (l->addr.ss_family == AF_INET6)
 		(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) < 0 || listen(fd, 128) < 0) {
+	if (bind(fd, (const struct sockaddr *)&l->addr, l->addr_len) < 0 || listen(fd, 128) < 0)
+		r = PS_E_IO;
+	if (r == 0 && l->is_unix)
+		r = unix_socket_perms(cfg, path);
+	if (r < 0) {
 		log_error("cannot listen on %s: %s", l->text, strerror(errno));
 		close(fd);
-		return PS_E_IO;
+		return r;
 	}
 	*ret_fd = fd;
 	return 0;
@@ -470,52 +695,85 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 	log_debug("http: %s", line);
 }
 
-static int start_daemon(struct http_server *srv, int fd, struct MHD_Daemon **ret)
+static int start_daemon(const struct config *cfg, struct listener *l, int fd)
 {
-	unsigned threads = srv->cfg->workers ? srv->cfg->workers : 1;
-	struct MHD_Daemon *d = MHD_start_daemon(
+	l->daemon = MHD_start_daemon(
 		MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC, 0, NULL, NULL,
-		on_request, srv,
+		on_request, l,
 		MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-		MHD_OPTION_THREAD_POOL_SIZE, threads,
-		MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONNECTION_LIMIT,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_CONNECTION_TIMEOUT,
-		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_MEMORY_LIMIT,
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, srv,
+		MHD_OPTION_THREAD_POOL_SIZE, cfg->workers ? cfg->workers : 1u,
+		MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections,
+		MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout,
+		/* Bounds the request line and headers; the body has its own buffer. */
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->max_header_size + 4096,
+		MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, l,
 		MHD_OPTION_STRICT_FOR_CLIENT, 1,
 		MHD_OPTION_END);
-
-	if (!d) {
-		log_error("cannot start the HTTP server");
+	if (!l->daemon) {
+		log_error("cannot start the HTTP server on %s", l->text);
 		return PS_E_IO;
 	}
-	*ret = d;
 	return 0;
 }
 
-int http_start(const struct config *cfg, struct signer *signer, struct http_server **ret)
+static int add_listener(struct http_server *srv, const struct config *cfg, int fd)
 {
-	struct http_server *srv = calloc(1, sizeof(*srv));
-	int r = srv ? 0 : PS_E_NOMEM;
+	struct listener *l = &srv->listeners[srv->n_listeners];
+	int r;
 
-	if (srv) {
-		srv->cfg = cfg;
-		srv->signer = signer;
-	}
-	for (size_t i = 0; r == 0 && i < cfg->n_listen; i++) {
+	l->srv = srv;
+	listener_describe(fd, l);
+	r = start_daemon(cfg, l, fd);
+	if (r < 0)
+		return r;
+	srv->n_listeners++;
+	log_info("listening on %s", l->text);
+	return 0;
+}
+
+static int open_listeners(struct http_server *srv, const struct config *cfg, const int *fds,
+			  size_t n_fds)
+{
+	int r = 0;
+
+	if (n_fds > CONFIG_LISTEN_MAX)
+		return PS_E_IO;
+	for (size_t i = 0; r == 0 && i < n_fds; i++)
+		r = add_listener(srv, cfg, fds[i]);
+	for (size_t i = 0; r == 0 && n_fds == 0 && i < cfg->n_listen; i++) {
 		int fd = -1;
 
-		r = listen_on(&cfg->listen[i], &fd);
+		r = listen_on(cfg, &cfg->listen[i], &fd);
 		if (r == 0)
-			r = start_daemon(srv, fd, &srv->daemons[srv->n_daemons]);
-		if (r == 0) {
-			srv->n_daemons++;
-			log_bound(fd);
-		} else if (fd >= 0) {
+			r = add_listener(srv, cfg, fd);
+		if (r < 0 && fd >= 0)
 			close(fd);
-		}
 	}
+	return r;
+}
+
+int http_start(struct config *cfg, struct signer *signer, struct audit *audit,
+	       const int *listen_fds, size_t n_fds, struct http_server **ret)
+{
+	struct http_server *srv = calloc(1, sizeof(*srv));
+	int r;
+
+	if (!srv) {
+		signer_free(signer);
+		config_free(cfg);
+		return PS_E_NOMEM;
+	}
+	pthread_mutex_init(&srv->lock, NULL);
+	srv->audit = audit;
+	srv->rt = runtime_new(cfg, signer);
+	if (!srv->rt) {
+		signer_free(signer);
+		config_free(cfg);
+		free(srv);
+		return PS_E_NOMEM;
+	}
+	r = open_listeners(srv, cfg, listen_fds, n_fds);
 	if (r < 0) {
 		http_stop(srv);
 		return r;
@@ -524,16 +782,44 @@ int http_start(const struct config *cfg, struct signer *signer, struct http_serv
 	return 0;
 }
 
+void http_reload(struct http_server *srv, struct config *cfg, struct signer *signer)
+{
+	struct runtime *rt = runtime_new(cfg, signer), *old;
+
+	if (!rt) {
+		log_error("reload: out of memory; keeping the old configuration");
+		signer_free(signer);
+		config_free(cfg);
+		return;
+	}
+	pthread_mutex_lock(&srv->lock);
+	old = srv->rt;
+	srv->rt = rt;
+	pthread_mutex_unlock(&srv->lock);
+	runtime_unref(old);
+}
+
+bool http_signer_alive(struct http_server *srv)
+{
+	struct runtime *rt = runtime_get(srv);
+	bool alive = signer_alive(rt->signer);
+
+	runtime_unref(rt);
+	return alive;
+}
+
 void http_stop(struct http_server *srv)
 {
 	if (!srv)
 		return;
-	for (size_t i = 0; i < srv->n_daemons; i++) {
-		MHD_socket fd = MHD_quiesce_daemon(srv->daemons[i]);
+	for (size_t i = 0; i < srv->n_listeners; i++) {
+		MHD_socket fd = MHD_quiesce_daemon(srv->listeners[i].daemon);
 
-		MHD_stop_daemon(srv->daemons[i]);
+		MHD_stop_daemon(srv->listeners[i].daemon);
 		if (fd != MHD_INVALID_SOCKET)
 			close(fd);
 	}
+	runtime_unref(srv->rt);
+	pthread_mutex_destroy(&srv->lock);
 	free(srv);
 }

@@ -1,6 +1,10 @@
 /* popsignd: signs proof-of-possession verification certificates with CA keys
  * held in PKCS#11 tokens, for authorised callers on loopback. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -17,6 +21,8 @@
 #include "log.h"
 #include "signer.h"
 #include "signer_main.h"
+#include "text.h"
+#include "audit.h"
 
 #include "build-config.h"
 
@@ -99,8 +105,8 @@ static void harden_process(void)
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
-/* Signals are taken synchronously by main() with sigwait(); every other
- * thread inherits the mask and never sees them. */
+/* Signals are taken synchronously by main() with sigtimedwait(); every
+ * other thread inherits the mask and never sees them. */
 static void block_signals(sigset_t *set)
 {
 	sigemptyset(set);
@@ -109,22 +115,103 @@ static void block_signals(sigset_t *set)
 	sigaddset(set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, set, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* A full audit file must fail a write, not kill the daemon. */
+	signal(SIGXFSZ, SIG_IGN);
 }
 
-static void wait_for_stop(const sigset_t *set)
+/* Sockets handed over by systemd (LISTEN_PID, LISTEN_FDS from fd 3 on).
+ * They are made close-on-exec so that the signer never inherits them. */
+static size_t listen_fds_from_systemd(int fds[CONFIG_LISTEN_MAX])
 {
-	for (;;) {
-		int sig = 0;
+	const char *pid = getenv("LISTEN_PID"), *n = getenv("LISTEN_FDS");
+	unsigned long long want_pid = 0, count = 0;
 
-		if (sigwait(set, &sig) != 0)
+	if (!pid || !n || parse_uint(pid, 1, INT32_MAX, &want_pid) < 0 ||
+	    (pid_t)want_pid != getpid() || parse_uint(n, 1, CONFIG_LISTEN_MAX, &count) < 0)
+		return 0;
+	for (size_t i = 0; i < count; i++) {
+		fds[i] = 3 + (int)i;
+		(void)fcntl(fds[i], F_SETFD, FD_CLOEXEC);
+	}
+	unsetenv("LISTEN_PID");
+	unsetenv("LISTEN_FDS");
+	unsetenv("LISTEN_FDNAMES");
+	return (size_t)count;
+}
+
+/* Watchdog interval in milliseconds (half of WATCHDOG_USEC), 0 if none. */
+static long watchdog_interval_ms(void)
+{
+	const char *usec = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+	unsigned long long v = 0, p = 0;
+
+	if (!usec || parse_uint(usec, 1, UINT64_MAX / 2, &v) < 0)
+		return 0;
+	if (pid && (parse_uint(pid, 1, INT32_MAX, &p) < 0 || (pid_t)p != getpid()))
+		return 0;
+	return (long)(v / 2000 ? v / 2000 : 1);
+}
+
+/* SIGHUP: a new config and a new signer, or the old ones keep serving. */
+static void reload(struct http_server *http, struct audit *audit, const char *path)
+{
+	char err[CONFIG_ERROR_MAX];
+	struct config *cfg = NULL;
+	struct signer *signer = NULL;
+
+	notify("RELOADING=1\nSTATUS=reloading %s", path);
+	if (audit && audit_reopen(audit) < 0)
+		log_error("SIGHUP: cannot reopen the audit log; still writing the old file");
+	if (config_load(path, &cfg, err) < 0) {
+		log_error("SIGHUP: %s; keeping the old configuration", err);
+	} else if (signer_start(cfg, &signer) < 0) {
+		log_error("SIGHUP: the keys of %s could not be opened; keeping the old "
+			  "configuration", path);
+		config_free(cfg);
+	} else {
+		log_info("SIGHUP: reloaded %s: %zu key(s)", path, signer_key_count(signer));
+		http_reload(http, cfg, signer);
+	}
+	notify("READY=1\nSTATUS=serving");
+}
+
+static void serve_until_stopped(struct http_server *http, struct audit *audit,
+				const char *path, const sigset_t *set)
+{
+	long wd = watchdog_interval_ms();
+
+	for (;;) {
+		struct timespec ts = {wd ? wd / 1000 : 3600, wd ? (wd % 1000) * 1000000L : 0};
+		int sig = sigtimedwait(set, NULL, &ts);
+
+		if (sig < 0) {
+			/* Pings only while the signer answers: systemd restarts us if not. */
+			if (wd && http_signer_alive(http))
+				notify("WATCHDOG=1");
 			continue;
+		}
 		if (sig == SIGHUP) {
-			log_warning("SIGHUP: configuration reload is not supported yet; restart instead");
+			reload(http, audit, path);
 			continue;
 		}
 		log_info("%s: stopping", strsignal(sig));
+		notify("STOPPING=1\nSTATUS=stopping");
 		return;
 	}
+}
+
+static int open_audit(const struct config *cfg, struct audit **ret)
+{
+	int r;
+
+	if (!cfg->audit_log) {
+		log_warning("%s: no audit_log: issued certificates are only logged", cfg->path);
+		return 0;
+	}
+	r = audit_open(cfg->audit_log, ret);
+	if (r < 0)
+		log_error("cannot open the audit log %s: %s", cfg->audit_log, ps_strerror(r));
+	return r;
 }
 
 int main(int argc, char **argv)
@@ -134,6 +221,9 @@ int main(int argc, char **argv)
 	struct config *cfg = NULL;
 	struct signer *signer = NULL;
 	struct http_server *http = NULL;
+	struct audit *audit = NULL;
+	int fds[CONFIG_LISTEN_MAX];
+	size_t n_fds;
 	sigset_t set;
 	int r;
 
@@ -151,6 +241,7 @@ int main(int argc, char **argv)
 		log_set_level(LOG_LEVEL_DEBUG);
 	harden_process();
 	block_signals(&set);
+	n_fds = listen_fds_from_systemd(fds);
 
 	if (config_load(opts.config_path, &cfg, err) < 0) {
 		log_error("%s", err);
@@ -162,18 +253,26 @@ int main(int argc, char **argv)
 	r = signer_start(cfg, &signer);
 	if (r == 0 && opts.test_only) {
 		printf("%s: configuration and %zu key(s) OK\n", cfg->path, signer_key_count(signer));
-	} else if (r == 0) {
-		r = http_start(cfg, signer, &http);
-		if (r == 0) {
-			log_info("ready: %zu key(s), %u worker(s)", signer_key_count(signer),
-				 cfg->workers);
-			notify("READY=1\nSTATUS=serving %zu key(s)", signer_key_count(signer));
-			wait_for_stop(&set);
-			notify("STOPPING=1");
-		}
+		signer_free(signer);
+		config_free(cfg);
+		return 0;
+	}
+	if (r == 0)
+		r = open_audit(cfg, &audit);
+	if (r < 0) {
+		signer_free(signer);
+		config_free(cfg);
+		return 1;
+	}
+	log_info("%zu key(s), %u worker(s)", signer_key_count(signer), cfg->workers);
+	/* http owns cfg and signer from here on, freed or not. */
+	r = http_start(cfg, signer, audit, fds, n_fds, &http);
+	if (r == 0) {
+		log_info("ready");
+		notify("READY=1\nSTATUS=serving");
+		serve_until_stopped(http, audit, opts.config_path, &set);
 	}
 	http_stop(http);
-	signer_free(signer);
-	config_free(cfg);
+	audit_close(audit);
 	return r == 0 ? 0 : 1;
 }

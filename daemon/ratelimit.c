@@ -46,6 +46,7 @@ struct limits {
 	pthread_mutex_t lock;
 	size_t n_buckets;
 	struct bucket *buckets;
+	unsigned auth_failures;             /* allowed within LIMITS_AUTH_WINDOW */
 	uint32_t n_peers;                   /* entries in use: 0 .. LIMITS_PEERS_MAX */
 	uint32_t slots[LIMITS_HASH_SLOTS];  /* hash -> first entry, or NONE */
 	struct peer peers[LIMITS_PEERS_MAX];
@@ -94,6 +95,7 @@ int limits_new(size_t n_buckets, struct limits **ret)
 		return PS_E_NOMEM;
 	}
 	l->n_buckets = n_buckets;
+	l->auth_failures = LIMITS_AUTH_FAILURES;
 	for (size_t i = 0; i < n_buckets; i++)
 		bucket_init(&l->buckets[i], LIMITS_DEFAULT_RATE, LIMITS_DEFAULT_BURST, now);
 	for (size_t i = 0; i < LIMITS_HASH_SLOTS; i++)
@@ -195,6 +197,13 @@ static struct peer *peer_add(struct limits *l, const char *name, double now)
 	return p;
 }
 
+void limits_set_auth_failures(struct limits *l, unsigned failures)
+{
+	pthread_mutex_lock(&l->lock);
+	l->auth_failures = failures;
+	pthread_mutex_unlock(&l->lock);
+}
+
 int limits_auth_check(struct limits *l, const char *peer, unsigned *retry_after)
 {
 	struct peer *p;
@@ -203,7 +212,7 @@ int limits_auth_check(struct limits *l, const char *peer, unsigned *retry_after)
 
 	pthread_mutex_lock(&l->lock);
 	p = peer_find(l, peer ? peer : "");
-	if (p && p->failures >= LIMITS_AUTH_FAILURES) {
+	if (p && p->failures >= l->auth_failures) {
 		left = p->window_start + LIMITS_AUTH_WINDOW - now_seconds();
 		if (left > 0.0) {
 			*retry_after = retry_seconds(left);

@@ -28,6 +28,10 @@ int limits_take(struct limits *l, size_t i, unsigned *retry_after);
  * LIMITS_AUTH_WINDOW seconds. */
 int limits_auth_check(struct limits *l, const char *peer, unsigned *retry_after);
 
+/* Sets how many failures a peer may make within LIMITS_AUTH_WINDOW seconds
+ * (default LIMITS_AUTH_FAILURES). */
+void limits_set_auth_failures(struct limits *l, unsigned failures);
+
 /* Records a failed authentication by peer. */
 void limits_auth_failed(struct limits *l, const char *peer);
 

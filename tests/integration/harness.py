@@ -151,13 +151,19 @@ def config_text(sections):
     return '\n'.join(out)
 
 
+# Limits high enough that tests about something else never meet them; the
+# tests of the limits themselves pass their own.
+UNLIMITED = (('rate', '1000000/s'), ('burst', '100000'), ('auth_failures', '1000000'))
+
+
 def write_config(directory, sections=None, *, keys=(), callers=(), listen='127.0.0.1:0',
-                 workers=2, validity='1d', name='popsignd.conf', text=None):
+                 workers=2, validity='1d', name='popsignd.conf', text=None,
+                 limits=UNLIMITED, daemon_extra=()):
     """Writes a popsignd config into directory and returns its path.  keys is
     a list of key_section() tuples, callers a list of Caller.  With text, that
     text is written as it is."""
     if text is None:
-        daemon = [('listen', listen)]
+        daemon = [('listen', listen)] + list(limits or ()) + list(daemon_extra)
         if workers is not None:
             daemon.append(('workers', str(workers)))
         if validity is not None:

@@ -77,7 +77,7 @@ static void teardown(void)
 static const char *who(const char *header)
 {
 	const struct config_client *c = NULL;
-	int r = auth_authenticate(cfg, header, &c);
+	int r = auth_authenticate(cfg, header, NULL, &c);
 
 	ck_assert_msg(r == 0, "'%s' refused: %d", header, r);
 	ck_assert_ptr_nonnull(c);
@@ -88,7 +88,7 @@ static void refused(const char *header)
 {
 	const struct config_client *sentinel = (const struct config_client *)0x1, *c = sentinel;
 
-	ck_assert_msg(auth_authenticate(cfg, header, &c) == PS_E_UNAUTHORIZED, "'%s' accepted",
+	ck_assert_msg(auth_authenticate(cfg, header, NULL, &c) == PS_E_UNAUTHORIZED, "'%s' accepted",
 		      header ? header : "(null)");
 	ck_assert_ptr_eq(c, sentinel);
 }
@@ -106,7 +106,7 @@ START_TEST(right_tokens)
 	{
 		const struct config_client *c = NULL;
 
-		ck_assert_int_eq(auth_authenticate(cfg, "Bearer beta-token", &c), 0);
+		ck_assert_int_eq(auth_authenticate(cfg, "Bearer beta-token", NULL, &c), 0);
 		ck_assert_ptr_eq(c, &cfg->clients[1]);
 	}
 }
@@ -184,8 +184,8 @@ START_TEST(no_clients)
 	struct config empty = { 0 };
 	const struct config_client *c = NULL;
 
-	ck_assert_int_eq(auth_authenticate(&empty, "Bearer beta-token", &c), PS_E_UNAUTHORIZED);
-	ck_assert_int_eq(auth_authenticate(NULL, "Bearer beta-token", &c), PS_E_UNAUTHORIZED);
+	ck_assert_int_eq(auth_authenticate(&empty, "Bearer beta-token", NULL, &c), PS_E_UNAUTHORIZED);
+	ck_assert_int_eq(auth_authenticate(NULL, "Bearer beta-token", NULL, &c), PS_E_UNAUTHORIZED);
 	ck_assert_ptr_null(c);
 }
 END_TEST
@@ -198,8 +198,49 @@ START_TEST(client_without_token)
 	struct config c = { .clients = &client, .n_clients = 1 };
 	const struct config_client *ret = NULL;
 
-	ck_assert_int_eq(auth_authenticate(&c, "Bearer x", &ret), PS_E_UNAUTHORIZED);
+	ck_assert_int_eq(auth_authenticate(&c, "Bearer x", NULL, &ret), PS_E_UNAUTHORIZED);
 	ck_assert_ptr_null(ret);
+}
+END_TEST
+
+/* Unix-socket callers: by uid and gid alone, or a token bound to a uid. */
+START_TEST(peer_credentials)
+{
+	static const char uid_only[] = "[client byuid]\nuid = 1000\nkeys = *\n";
+	static const char both[] = "[client both]\nuid = 1001\ngid = 50\nkeys = *\n";
+	const struct auth_peer p1000 = {true, 1000, 100}, p1001 = {true, 1001, 50},
+			       p1001g = {true, 1001, 51}, tcp = {false, 1000, 100};
+	char err[CONFIG_ERROR_MAX], hex[65];
+	const struct config_client *c = NULL;
+	struct config *pc = NULL;
+	FILE *f = fopen(path, "w");
+
+	ck_assert_ptr_nonnull(f);
+	sha256_hex("bound-token", hex);
+	fprintf(f, "[key k]\nuri = %s\n%s%s[client bound]\ntoken_sha256 = %s\nuid = 2000\n"
+		   "keys = *\n", GOOD_URI, uid_only, both, hex);
+	ck_assert_int_eq(fclose(f), 0);
+	ck_assert_msg(config_load(path, &pc, err) == 0, "%s", err);
+
+	ck_assert_int_eq(auth_authenticate(pc, NULL, &p1000, &c), 0);
+	ck_assert_str_eq(c->name, "byuid");
+	ck_assert_int_eq(auth_authenticate(pc, NULL, &p1001, &c), 0);
+	ck_assert_str_eq(c->name, "both");
+	/* uid right, gid wrong: both must hold. */
+	ck_assert_int_eq(auth_authenticate(pc, NULL, &p1001g, &c), PS_E_UNAUTHORIZED);
+	/* TCP peers have no credentials to match. */
+	ck_assert_int_eq(auth_authenticate(pc, NULL, &tcp, &c), PS_E_UNAUTHORIZED);
+	ck_assert_int_eq(auth_authenticate(pc, NULL, NULL, &c), PS_E_UNAUTHORIZED);
+	/* A token bound to uid 2000 works only from uid 2000 on the socket. */
+	ck_assert_int_eq(auth_authenticate(pc, "Bearer bound-token", &p1000, &c),
+			 PS_E_UNAUTHORIZED);
+	ck_assert_int_eq(auth_authenticate(pc, "Bearer bound-token", &tcp, &c), PS_E_UNAUTHORIZED);
+	ck_assert_int_eq(auth_authenticate(pc, "Bearer bound-token",
+					   &(struct auth_peer){true, 2000, 7}, &c), 0);
+	ck_assert_str_eq(c->name, "bound");
+	/* A wrong token is refused even from a uid some client accepts. */
+	ck_assert_int_eq(auth_authenticate(pc, "Bearer wrong", &p1000, &c), PS_E_UNAUTHORIZED);
+	config_free(pc);
 }
 END_TEST
 
@@ -240,6 +281,7 @@ int main(void)
 	tcase_add_test(tc, no_clients);
 	tcase_add_test(tc, client_without_token);
 	tcase_add_test(tc, may_use_key);
+	tcase_add_test(tc, peer_credentials);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

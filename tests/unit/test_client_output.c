@@ -722,12 +722,12 @@ START_TEST(token_hash_matches_daemon_auth)
 	ck_assert_int_eq(bearer_sha256_hex(token, strlen(token), hex), 0);
 	ck_assert_int_eq(hex_decode(hex, client.token_sha256, 32), 0);
 	snprintf(header, sizeof(header), "Bearer %s", token);
-	ck_assert_int_eq(auth_authenticate(&cfg, header, &who), 0);
+	ck_assert_int_eq(auth_authenticate(&cfg, header, NULL, &who), 0);
 	ck_assert_ptr_eq(who, &client);
 	/* With the file's newline the hash would differ: the text is what counts. */
 	ck_assert_int_eq(bearer_sha256_hex(token, strlen(token) - 1, hex), 0);
 	ck_assert_int_eq(hex_decode(hex, client.token_sha256, 32), 0);
-	ck_assert_int_eq(auth_authenticate(&cfg, header, &who), PS_E_UNAUTHORIZED);
+	ck_assert_int_eq(auth_authenticate(&cfg, header, NULL, &who), PS_E_UNAUTHORIZED);
 }
 END_TEST
 
