@@ -358,24 +358,29 @@ void metrics_free(struct metrics *m)
 	free(m);
 }
 
-/* The shortest of %.15g, %.16g, %.17g that reads back as d (%.17g always
- * does), so that 0.1 prints as 0.1; infinities and NaN as Prometheus spells
- * them. */
+/* d with the fewest significant digits that read back as d (17 always
+ * do), so that 0.1 prints as 0.1, not 0.10000000000000001; whole numbers
+ * below 1e17 in full (80000, not 8e+04); infinities and NaN as Prometheus
+ * spells them.  Few values need many tries, and rendering is rare. */
 static void number_format(double d, char out[NUMBER_LEN])
 {
-	if (isnan(d)) {
-		strcpy(out, "NaN");
+	int digits, exponent;
+
+	if (isnan(d) || isinf(d)) {
+		strcpy(out, isnan(d) ? "NaN" : d > 0 ? "+Inf" : "-Inf");
 		return;
 	}
-	if (isinf(d)) {
-		strcpy(out, d > 0 ? "+Inf" : "-Inf");
-		return;
-	}
-	for (int precision = 15; precision <= 17; precision++) {
-		snprintf(out, NUMBER_LEN, "%.*g", precision, d);
+	for (digits = 1; digits < 17; digits++) {
+		snprintf(out, NUMBER_LEN, "%.*e", digits - 1, d);
 		if (strtod(out, NULL) == d)
-			return;
+			break;
 	}
+	snprintf(out, NUMBER_LEN, "%.*e", digits - 1, d);
+	exponent = atoi(strchr(out, 'e') + 1);
+	/* %g switches to an exponent once it reaches the precision. */
+	if (exponent >= digits && exponent < 17)
+		digits = exponent + 1;
+	snprintf(out, NUMBER_LEN, "%.*g", digits, d);
 }
 
 /* One sample line: name+suffix{labels[,le="le"]} value. */

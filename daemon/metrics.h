@@ -68,8 +68,9 @@ void metric_observe(struct metric *histogram, double seconds);
 
 /* Renders every series: "# HELP" and "# TYPE" once per family, families
  * sorted by name, series sorted by their labels; counters as integers,
- * doubles in the shortest form that reads back exactly, +Inf/-Inf/NaN as
- * Prometheus spells them.  Values are read while others update them, not
+ * doubles with the fewest digits that read back exactly (whole numbers
+ * below 1e17 without an exponent), +Inf/-Inf/NaN as Prometheus spells
+ * them.  Values are read while others update them, not
  * at one instant, but a histogram's _count always equals its +Inf bucket.
  * Returns 0 with *ret_text (NUL-terminated, caller frees) and, if ret_len
  * is not NULL, its length in *ret_len; or PS_E_NOMEM with both untouched. */
