@@ -5,26 +5,30 @@
 #   2. popsignd through its HTTP API under wrk, 1, 4 and 16 connections;
 #   3. the script way: one `openssl x509 -req` with libp11's pkcs11 engine
 #      per certificate, sequential;
-#   4. `cfssl serve` with the CA key in a file, under wrk, same connections.
-# Prints one table per key type with the ratios and the targets, and writes
-# it to BUILD/bench-results.md (raw figures in BUILD/bench-raw.txt).
+#   4. `cfssl serve` with the CA key in a file, under wrk, same connections;
+# and, for the profile, popsignd's issuing code with the token stubbed out.
+# Everything is measured BENCH_ROUNDS times, interleaved, and each figure
+# keeps its best round (see docs/performance.md).  Prints one table per key
+# type with the ratios and the targets, and writes it to
+# BUILD/bench-results.md (raw figures in BUILD/bench-raw.txt).
 #
-#   tests/bench/run.sh            (from anywhere; as root or with sudo for
+#   tests/bench/run.sh            (from anywhere; as root, or with sudo for
 #                                  missing packages)
 #
 # Environment (all optional):
-#   BUILD             build directory (default build-bench)
-#   BENCH_SECONDS     seconds per wrk run (default 6)
-#   BENCH_SIGN_SECONDS seconds per p11speed thread count (default 2)
-#   BENCH_SCRIPT_N    openssl commands per key (default 30)
-#   BENCH_AUDIT       auto (default: on when the daemon accepts audit_log),
-#                     on (refuse to run without it) or off
-#   BENCH_WORKERS     popsignd's `workers` (default: the daemon's default)
-#   BENCH_PROFILE     1: also profile popsignd with perf for BENCH_SECONDS
-#                     at 4 connections per key (BUILD/profile-KEY.md, a
-#                     breakdown by concern; BUILD/perf-KEY.txt, symbols)
+#   BUILD              build directory (default build-bench)
+#   BENCH_ROUNDS       rounds (default 2)
+#   BENCH_SECONDS      seconds per wrk run (default 5)
+#   BENCH_SIGN_SECONDS seconds per p11speed thread count (default 1.5)
+#   BENCH_SCRIPT_N     openssl commands per key and round (default 30)
+#   BENCH_AUDIT        auto (default: on when the daemon accepts audit_log),
+#                      on (refuse to run without it) or off
+#   BENCH_WORKERS      popsignd's `workers` (default: the daemon's default)
+#   BENCH_PROFILE      1: then profile popsignd with perf for BENCH_SECONDS
+#                      at 4 connections per key (BUILD/profile-KEY.md, a
+#                      breakdown by concern; BUILD/perf-KEY.txt, symbols)
 #   P11SPEED, ISSUE_SPEED, POPSIGND  prebuilt binaries (set by
-#                     `meson test --benchmark`)
+#                      `meson test --benchmark`)
 #
 # Every load generator targets 127.0.0.1 only and stops by itself.
 # Exit status: 0 every target met, 1 a target missed, 2 the run failed.
@@ -34,8 +38,9 @@ top=$(pwd)
 bench="$top/tests/bench"
 build=${BENCH_BUILD_DIR:-${BUILD:-build-bench}}
 case $build in /*) ;; *) build=$top/$build ;; esac
-seconds=${BENCH_SECONDS:-6}
-sign_seconds=${BENCH_SIGN_SECONDS:-2}
+rounds=${BENCH_ROUNDS:-2}
+seconds=${BENCH_SECONDS:-5}
+sign_seconds=${BENCH_SIGN_SECONDS:-1.5}
 script_n=${BENCH_SCRIPT_N:-30}
 audit=${BENCH_AUDIT:-auto}
 module=/usr/lib/softhsm/libsofthsm2.so
@@ -51,6 +56,7 @@ install_deps() {
 	missing=
 	command -v wrk >/dev/null || missing="$missing wrk"
 	command -v cfssl >/dev/null || missing="$missing golang-cfssl"
+	command -v bc >/dev/null || missing="$missing bc"
 	if [ "${BENCH_PROFILE:-0}" = 1 ]; then
 		command -v perf >/dev/null || missing="$missing linux-perf"
 	fi
@@ -105,7 +111,19 @@ free_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# wrk with n connections against url; the summary line is tagged and kept.
+wait_port() { # PORT
+	for _ in $(seq 100); do
+		python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])))' \
+			"$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	die "nothing listens on 127.0.0.1:$1"
+}
+
+# Keeps a result line, tagged with the round.
+keep() { sed "s/^\([A-Z0-9]*\) /\1 round=$round /" | tee -a "$raw" >&2; }
+
+# wrk with n connections for $seconds against url.
 wrk_run() { # TARGET KEY CONNS URL SCRIPT-ARGS...
 	target=$1 key=$2 c=$3 url=$4
 	shift 4
@@ -113,59 +131,24 @@ wrk_run() { # TARGET KEY CONNS URL SCRIPT-ARGS...
 	[ "$c" -ge 2 ] || t=1
 	line=$(wrk -t "$t" -c "$c" -d "${seconds}s" --timeout 5s -s "$bench/post.lua" "$url" -- "$@" |
 		grep '^WRK ') || die "wrk against $target failed"
-	echo "$line" | sed "s/^WRK /WRK target=$target key=$key conns=$c /" | tee -a "$raw" >&2
+	echo "$line" | sed "s/^WRK /WRK target=$target key=$key conns=$c /" | keep
 }
 
 now() { date +%s.%N; }
 
+# --- set-up: token, CSR, cfssl's keys in files ---------------------------------
 say "token with ec256 and rsa2048 in $work"
 "$top/tests/make-token.sh" "$work" $keys || die "make-token.sh failed"
 export SOFTHSM2_CONF="$work/softhsm2.conf"
 pin=$(cat "$work/user.pin")
-echo "INFO load_start=$(cut -d' ' -f1 /proc/loadavg)" >> "$raw"
+round=0
+echo "INFO load_start=$(cut -d' ' -f1 /proc/loadavg) rounds=$rounds" >> "$raw"
 echo "INFO cpus=$(nproc) date=$(date -u +%Y-%m-%dT%H:%M:%SZ) commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo none) seconds=$seconds" >> "$raw"
 
 # A CSR like the one a verification certificate carries: CN=<48 hex>, P-256.
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null \
 	-subj "/CN=$(openssl rand -hex 24 | tr a-f A-F)" -out "$work/csr.pem" 2>/dev/null ||
 	die "could not make the CSR"
-
-# --- 1. the token's limit ---------------------------------------------------
-for key in $keys; do
-	say "token limit, $key"
-	"$P11SPEED" "$module" popsign-test "$work/user.pin" "$key" "$sign_seconds" 1 2 4 |
-		tee -a "$raw" >&2
-done
-
-# --- popsignd's issuing code alone, with a stand-in for the token -------------
-if [ -n "${ISSUE_SPEED:-}" ]; then
-	for key in $keys; do
-		say "issue_certificate() without the token, $key"
-		"$ISSUE_SPEED" "$work/$key.pem" "$sign_seconds" | sed "s/^ISSUE /ISSUE key=$key /" |
-			tee -a "$raw" >&2
-	done
-fi
-
-# --- 3. the script way --------------------------------------------------------
-for key in $keys; do
-	say "openssl x509 -req with the pkcs11 engine, $script_n certificates, $key"
-	for i in $(seq "$script_n"); do openssl rand -hex 16; done > "$work/serials"
-	start=$(now)
-	while read -r serial; do
-		OPENSSL_CONF=/dev/null openssl x509 -req -in "$work/csr.pem" -CA "$work/$key.pem" \
-			-engine pkcs11 -CAkeyform engine \
-			-CAkey "pkcs11:token=popsign-test;object=$key;type=private;pin-value=$pin" \
-			-sha256 -days 1 -set_serial "0x$serial" -out "$work/script.pem" 2>"$work/script.err" ||
-			{ cat "$work/script.err" >&2; die "openssl x509 -req failed"; }
-	done < "$work/serials"
-	end=$(now)
-	openssl verify -CAfile "$work/$key.pem" "$work/script.pem" >/dev/null ||
-		die "the script way made a certificate that does not verify"
-	echo "SCRIPT key=$key certificates=$script_n seconds=$(echo "$end - $start" | bc -l)" |
-		tee -a "$raw" >&2
-done
-
-# --- 4. cfssl serve with the CA key in a file ---------------------------------
 python3 -c 'import json, sys; print(json.dumps({"certificate_request": open(sys.argv[1]).read()}))' \
 	"$work/csr.pem" > "$work/cfssl-body.json"
 for key in $keys; do
@@ -178,26 +161,71 @@ for key in $keys; do
 	openssl req -new -x509 -key "$work/cfssl-$key-key.pem" -subj "/CN=cfssl bench CA $key" \
 		-days 30 -sha256 -addext basicConstraints=critical,CA:TRUE \
 		-addext keyUsage=critical,keyCertSign,cRLSign -out "$work/cfssl-$key.pem"
+done
+
+# --- 1. the token's limit -----------------------------------------------------
+measure_token() { # KEY
+	say "token limit, $1"
+	"$P11SPEED" "$module" popsign-test "$work/user.pin" "$1" "$sign_seconds" 1 2 4 | keep
+}
+
+# --- popsignd's issuing code alone, with a stand-in for the token -------------
+measure_issue() { # KEY
+	[ -n "${ISSUE_SPEED:-}" ] || return 0
+	say "issue_certificate() without the token, $1"
+	"$ISSUE_SPEED" "$work/$1.pem" "$sign_seconds" | sed "s/^ISSUE /ISSUE key=$1 /" | keep
+}
+
+# --- 3. the script way ----------------------------------------------------------
+measure_script() { # KEY
+	say "openssl x509 -req with the pkcs11 engine, $script_n certificates, $1"
+	for _ in $(seq "$script_n"); do openssl rand -hex 16; done > "$work/serials"
+	start=$(now)
+	while read -r serial; do
+		OPENSSL_CONF=/dev/null openssl x509 -req -in "$work/csr.pem" -CA "$work/$1.pem" \
+			-engine pkcs11 -CAkeyform engine \
+			-CAkey "pkcs11:token=popsign-test;object=$1;type=private;pin-value=$pin" \
+			-sha256 -days 1 -set_serial "0x$serial" -out "$work/script.pem" 2>"$work/script.err" ||
+			{ cat "$work/script.err" >&2; die "openssl x509 -req failed"; }
+	done < "$work/serials"
+	end=$(now)
+	openssl verify -CAfile "$work/$1.pem" "$work/script.pem" >/dev/null ||
+		die "the script way made a certificate that does not verify"
+	echo "SCRIPT key=$1 certificates=$script_n seconds=$(echo "$end - $start" | bc -l)" | keep
+}
+
+# --- 4. cfssl serve with the CA key in a file -----------------------------------
+measure_cfssl() { # KEY
 	port=$(free_port)
-	cfssl serve -address 127.0.0.1 -port "$port" -ca "$work/cfssl-$key.pem" \
-		-ca-key "$work/cfssl-$key-key.pem" > "$work/cfssl.log" 2>&1 &
+	cfssl serve -address 127.0.0.1 -port "$port" -ca "$work/cfssl-$1.pem" \
+		-ca-key "$work/cfssl-$1-key.pem" > "$work/cfssl.log" 2>&1 &
 	cfssl_pid=$!
-	for _ in $(seq 100); do
-		python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])))' \
-			"$port" 2>/dev/null && break
-		sleep 0.1
-	done
-	say "cfssl serve, $key, port $port"
+	wait_port "$port"
+	say "cfssl serve, $1, port $port"
 	for c in $conns; do
-		wrk_run cfssl "$key" "$c" "http://127.0.0.1:$port" cfssl "$work/cfssl-body.json"
+		wrk_run cfssl "$1" "$c" "http://127.0.0.1:$port" cfssl "$work/cfssl-body.json"
 	done
 	kill "$cfssl_pid"
 	wait "$cfssl_pid" 2>/dev/null || true
 	cfssl_pid=
-done
+}
 
-# --- 2. popsignd ---------------------------------------------------------------
-write_config() { # WITH_AUDIT
+# --- 2. popsignd -------------------------------------------------------------------
+measure_popsignd() { # KEY
+	[ -n "$popsignd" ] || return 0
+	say "popsignd, $1"
+	# Warm-up: sessions, caches and page faults are not measured.
+	saved=$seconds seconds=1
+	wrk_run warmup "$1" 4 "$url" popsign "$1" "$work/caller.token" 2>/dev/null
+	seconds=$saved
+	for c in $conns; do
+		wrk_run popsignd "$1" "$c" "$url" popsign "$1" "$work/caller.token"
+	done
+}
+
+# The bench caller's rate limit is set far above what the run can ask for:
+# the limiter's cost is measured, never its refusals.
+write_config() { # WITH_AUDIT WITH_RATE
 	{
 		printf '[daemon]\nlisten = 127.0.0.1:0\nvalidity = 1d\n'
 		[ -z "${BENCH_WORKERS:-}" ] || printf 'workers = %s\n' "$BENCH_WORKERS"
@@ -208,7 +236,45 @@ write_config() { # WITH_AUDIT
 			printf 'certificate = %s\n' "$work/$key.pem"
 		done
 		printf '\n[client bench]\ntoken_sha256 = %s\nkeys = *\n' "$token_sha256"
+		[ "$2" = 0 ] || printf 'rate = 1000000/s\nburst = 100000\n'
 	} > "$work/popsignd.conf"
+}
+
+# Writes a config popsignd -t accepts: with the audit log and the rate
+# limit lines if the daemon knows them (BENCH_AUDIT=auto), else without.
+settle_config() {
+	with_audit=1 with_rate=1
+	[ "$audit" = off ] && with_audit=0
+	for _ in 1 2 3; do
+		write_config "$with_audit" "$with_rate"
+		"$popsignd" -t -c "$work/popsignd.conf" > "$work/check.log" 2>&1 && return 0
+		if [ "$with_rate" = 1 ] && grep -q -w -E 'rate|burst' "$work/check.log"; then
+			say "popsignd does not take rate/burst yet: no rate limit lines"
+			with_rate=0
+		elif [ "$audit" = auto ] && [ "$with_audit" = 1 ] && grep -q audit_log "$work/check.log"; then
+			say "popsignd does not take audit_log yet: measuring without the audit log"
+			with_audit=0
+		else
+			break
+		fi
+	done
+	cat "$work/check.log" >&2
+	die "popsignd -t refused the bench config"
+}
+
+start_daemon() {
+	"$popsignd" -c "$work/popsignd.conf" 2> "$work/popsignd.log" &
+	daemon_pid=$!
+	port=
+	for _ in $(seq 100); do
+		port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/popsignd.log" | head -n 1)
+		[ -n "$port" ] && break
+		kill -0 "$daemon_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	[ -n "$port" ] || { cat "$work/popsignd.log" >&2; die "popsignd did not start"; }
+	url="http://127.0.0.1:$port"
+	say "popsignd on port $port (audit log: $with_audit)"
 }
 
 # Sums VmRSS over the daemon and every process below it.
@@ -218,20 +284,6 @@ rss_tree() { # PID
 	for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
 		rss_tree "$child"
 	done
-}
-
-start_daemon() {
-	"$popsignd" -c "$work/popsignd.conf" 2> "$work/popsignd.log" &
-	daemon_pid=$!
-	port=
-	for _ in $(seq 100); do
-		port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/popsignd.log" | head -n 1)
-		[ -n "$port" ] && return 0
-		kill -0 "$daemon_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	cat "$work/popsignd.log" >&2
-	die "popsignd did not start"
 }
 
 # Every popsignd process, comma-separated, for perf -p.
@@ -261,42 +313,51 @@ profile() { # KEY
 	cat "$build/profile-$1.md" >&2
 }
 
-if [ -n "$popsignd" ]; then
-	token=$(openssl rand -hex 32)
-	printf '%s\n' "$token" > "$work/caller.token"
-	token_sha256=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
-	with_audit=1
-	[ "$audit" = off ] && with_audit=0
-	write_config "$with_audit"
-	if [ "$with_audit" = 1 ] && ! "$popsignd" -t -c "$work/popsignd.conf" > "$work/check.log" 2>&1; then
-		[ "$audit" = auto ] && grep -q audit_log "$work/check.log" ||
-			{ cat "$work/check.log" >&2; die "popsignd -t refused the bench config"; }
-		say "popsignd does not take audit_log yet: measuring without the audit log"
-		with_audit=0
-		write_config 0
-	fi
-	echo "INFO audit_log=$with_audit" >> "$raw"
-	start_daemon
-	say "popsignd on port $port (audit log: $with_audit)"
-	url="http://127.0.0.1:$port"
-	for key in $keys; do
-		# Warm-up: sessions, caches and page faults are not measured.
-		saved=$seconds seconds=1
-		wrk_run warmup "$key" 4 "$url" popsign "$key" "$work/caller.token" 2>/dev/null
-		seconds=$saved
-		for c in $conns; do
-			wrk_run popsignd "$key" "$c" "$url" popsign "$key" "$work/caller.token"
-		done
-		if [ "${BENCH_PROFILE:-0}" = 1 ]; then
-			profile "$key"
-		fi
-	done
+stop_daemon() {
 	kill -0 "$daemon_pid" 2>/dev/null || die "popsignd died under load"
 	rss_tree "$daemon_pid"
 	kill "$daemon_pid"
 	wait "$daemon_pid" 2>/dev/null || true
 	daemon_pid=
-	[ "$with_audit" = 0 ] || echo "INFO audit_lines=$(wc -l < "$work/audit.log")" >> "$raw"
+	[ "$with_audit" = 1 ] || return 0
+	lines=0 issued=0
+	if [ -f "$work/audit.log" ]; then
+		lines=$(wc -l < "$work/audit.log")
+		issued=$(grep -c 'issued' "$work/audit.log" || true)
+	fi
+	echo "INFO audit_lines=$lines audit_issued=$issued" >> "$raw"
+}
+
+if [ -n "$popsignd" ]; then
+	token=$(openssl rand -hex 32)
+	printf '%s\n' "$token" > "$work/caller.token"
+	token_sha256=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+	settle_config
+	echo "INFO audit_log=$with_audit" >> "$raw"
+	start_daemon
+fi
+
+# --- the rounds: every figure in each, so background load hits all alike ----
+round=1
+while [ "$round" -le "$rounds" ]; do
+	say "round $round of $rounds"
+	for key in $keys; do
+		measure_token "$key"
+		measure_popsignd "$key"
+		measure_cfssl "$key"
+		measure_script "$key"
+		measure_issue "$key"
+	done
+	round=$((round + 1))
+done
+
+if [ -n "$popsignd" ]; then
+	if [ "${BENCH_PROFILE:-0}" = 1 ]; then
+		for key in $keys; do
+			profile "$key"
+		done
+	fi
+	stop_daemon
 fi
 
 echo "INFO load_end=$(cut -d' ' -f1 /proc/loadavg)" >> "$raw"
