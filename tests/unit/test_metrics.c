@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -695,7 +696,7 @@ static void *work(void *arg)
 
 struct scraper {
 	struct metrics *m;
-	volatile bool stop;
+	atomic_bool stop;
 	int renders, failures;
 };
 
@@ -705,7 +706,7 @@ static void *scrape(void *arg)
 	struct scraper *s = arg;
 	char *text = NULL;
 
-	while (!s->stop) {
+	while (!atomic_load(&s->stop)) {
 		if (metrics_render(s->m, &text, NULL) != 0 || read_text(text) < 1)
 			s->failures++;
 		free(text);
@@ -732,7 +733,7 @@ START_TEST(concurrent_updates_are_exact)
 		ck_assert_int_eq(pthread_create(&t[i], NULL, work, &w[i]), 0);
 	for (int i = 0; i < THREADS; i++)
 		ck_assert_int_eq(pthread_join(t[i], NULL), 0);
-	sc.stop = true;
+	atomic_store(&sc.stop, true);
 	ck_assert_int_eq(pthread_join(st, NULL), 0);
 	ck_assert_int_eq(sc.failures, 0);
 	ck_assert_int_ge(sc.renders, 1);
