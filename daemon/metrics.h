@@ -44,8 +44,8 @@ void metrics_free(struct metrics *m);
 
 /* The series name{labels} of a counter, a gauge, or a histogram of seconds
  * with buckets 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
- * 0.5, 1, 2.5, 5, 10 and +Inf.  help is the family's HELP text (the first
- * one given is kept).  Returns the handle, owned by m, or NULL if the series
+ * 0.5, 1, 2.5, 5, 10 and +Inf.  help is the family's HELP text, copied
+ * from the call that creates the family (NULL or "": no HELP line).  Returns the handle, owned by m, or NULL if the series
  * cannot be created (see above; histograms also refuse the label "le"). */
 struct metric *metrics_counter(struct metrics *m, const char *name, const char *help, ...)
 	__attribute__((sentinel));

@@ -89,8 +89,8 @@ static bool read_comment(struct reader *r, const char *line)
 	return true;
 }
 
-/* {name="value",...}: returns the character after '}', or NULL.  Sets *le to
- * the le label's value (NULL if none). */
+/* {name="value",...}: returns the character after '}', or NULL.  Sets
+ * *has_le, and copies the le label's value to le. */
 static const char *read_labels(const char *p, char *le, size_t le_len, bool *has_le)
 {
 	char seen[32][64];
