@@ -47,6 +47,7 @@ struct listener {
 	struct http_server *srv;
 	struct MHD_Daemon *daemon;
 	bool is_unix;
+	bool bound_here;                 /* a Unix socket file popsignd made: removed at stop */
 	char text[160];
 };
 
@@ -717,12 +718,14 @@ static int start_daemon(const struct config *cfg, struct listener *l, int fd)
 	return 0;
 }
 
-static int add_listener(struct http_server *srv, const struct config *cfg, int fd)
+static int add_listener(struct http_server *srv, const struct config *cfg, int fd,
+			bool bound_here)
 {
 	struct listener *l = &srv->listeners[srv->n_listeners];
 	int r;
 
 	l->srv = srv;
+	l->bound_here = bound_here;
 	listener_describe(fd, l);
 	r = start_daemon(cfg, l, fd);
 	if (r < 0)
@@ -740,13 +743,13 @@ static int open_listeners(struct http_server *srv, const struct config *cfg, con
 	if (n_fds > CONFIG_LISTEN_MAX)
 		return PS_E_IO;
 	for (size_t i = 0; r == 0 && i < n_fds; i++)
-		r = add_listener(srv, cfg, fds[i]);
+		r = add_listener(srv, cfg, fds[i], false);
 	for (size_t i = 0; r == 0 && n_fds == 0 && i < cfg->n_listen; i++) {
 		int fd = -1;
 
 		r = listen_on(cfg, &cfg->listen[i], &fd);
 		if (r == 0)
-			r = add_listener(srv, cfg, fd);
+			r = add_listener(srv, cfg, fd, true);
 		if (r < 0 && fd >= 0)
 			close(fd);
 	}
@@ -818,6 +821,8 @@ void http_stop(struct http_server *srv)
 		MHD_stop_daemon(srv->listeners[i].daemon);
 		if (fd != MHD_INVALID_SOCKET)
 			close(fd);
+		if (srv->listeners[i].is_unix && srv->listeners[i].bound_here)
+			(void)unlink(srv->listeners[i].text + strlen("unix:"));
 	}
 	runtime_unref(srv->rt);
 	pthread_mutex_destroy(&srv->lock);

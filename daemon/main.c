@@ -103,6 +103,8 @@ static void harden_process(void)
 
 	(void)setrlimit(RLIMIT_CORE, &none);
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+	/* Nothing popsignd runs, the signer included, may gain privileges. */
+	(void)prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 }
 
 /* Signals are taken synchronously by main() with sigtimedwait(); every

@@ -16,7 +16,7 @@ shift
 [ $# -gt 0 ] || set -- ec256 rsa2048
 module=${POPSIGN_TEST_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 label=popsign-test
-pin=123456
+pin=${POPSIGN_TEST_PIN:-123456}
 
 mkdir -p "$dir/tokens"
 dir=$(cd "$dir" && pwd)
