@@ -25,6 +25,7 @@
 #include "auth.h"
 #include "error.h"
 #include "log.h"
+#include "metrics.h"
 #include "ratelimit.h"
 #include "request.h"
 #include "text.h"
@@ -55,6 +56,7 @@ struct http_server {
 	pthread_mutex_t lock;            /* guards rt */
 	struct runtime *rt;
 	struct audit *audit;
+	struct metrics *metrics;
 	atomic_ullong next_request_id;
 	struct listener listeners[CONFIG_LISTEN_MAX];
 	size_t n_listeners;
@@ -64,6 +66,7 @@ struct request;
 typedef enum MHD_Result (*handler_fn)(struct request *req, struct MHD_Connection *conn);
 
 struct route {
+	const char *name;       /* the route label in metrics */
 	const char *pattern;    /* path segments; "{key}" matches a key name */
 	const char *method;     /* the one method served (GET also answers HEAD) */
 	bool auth;
@@ -94,13 +97,18 @@ static enum MHD_Result handle_keys(struct request *, struct MHD_Connection *);
 static enum MHD_Result handle_key(struct request *, struct MHD_Connection *);
 static enum MHD_Result handle_key_certificate(struct request *, struct MHD_Connection *);
 static enum MHD_Result handle_sign(struct request *, struct MHD_Connection *);
+static enum MHD_Result handle_readyz(struct request *, struct MHD_Connection *);
+static enum MHD_Result handle_metrics(struct request *, struct MHD_Connection *);
 
 static const struct route routes[] = {
-	{"/healthz", "GET", false, false, handle_healthz},
-	{"/v1/keys", "GET", true, false, handle_keys},
-	{"/v1/keys/{key}", "GET", true, false, handle_key},
-	{"/v1/keys/{key}/certificate", "GET", true, false, handle_key_certificate},
-	{"/v1/keys/{key}/verification-certificates", "POST", true, true, handle_sign},
+	{"healthz", "/healthz", "GET", false, false, handle_healthz},
+	{"readyz", "/readyz", "GET", false, false, handle_readyz},
+	{"metrics", "/metrics", "GET", false, false, handle_metrics},
+	{"keys", "/v1/keys", "GET", true, false, handle_keys},
+	{"key", "/v1/keys/{key}", "GET", true, false, handle_key},
+	{"key_certificate", "/v1/keys/{key}/certificate", "GET", true, false,
+	 handle_key_certificate},
+	{"sign", "/v1/keys/{key}/verification-certificates", "POST", true, true, handle_sign},
 };
 
 /* ---- runtime ------------------------------------------------------------ */
@@ -189,10 +197,25 @@ static void add_common_headers(struct MHD_Response *resp, const struct request *
 	}
 }
 
-static enum MHD_Result queue(struct MHD_Connection *conn, unsigned status, struct MHD_Response *resp)
+static void count_response(const struct request *req, unsigned status)
+{
+	char code[8];
+
+	if (!req)
+		return;
+	snprintf(code, sizeof(code), "%u", status);
+	metric_add(metrics_counter(req->srv->metrics, "popsign_http_requests_total",
+				   "HTTP requests answered, by route and status", "route",
+				   req->route ? req->route->name : "none", "status", code, NULL),
+		   1);
+}
+
+static enum MHD_Result queue(struct MHD_Connection *conn, const struct request *req,
+			     unsigned status, struct MHD_Response *resp)
 {
 	enum MHD_Result ret;
 
+	count_response(req, status);
 	if (!resp)
 		return MHD_NO;
 	ret = MHD_queue_response(conn, status, resp);
@@ -208,7 +231,7 @@ static enum MHD_Result respond_text(struct MHD_Connection *conn, const struct re
 
 	if (resp)
 		add_common_headers(resp, req, content_type);
-	return queue(conn, status, resp);
+	return queue(conn, req, status, resp);
 }
 
 /* Sends body (stolen) as JSON, with a final newline. */
@@ -230,7 +253,7 @@ static enum MHD_Result respond_json(struct MHD_Connection *conn, const struct re
 		return MHD_NO;
 	}
 	add_common_headers(resp, req, MEDIA_JSON);
-	return queue(conn, status, resp);
+	return queue(conn, req, status, resp);
 }
 
 static void add_error_headers(struct MHD_Response *resp, const struct request *req,
@@ -276,7 +299,7 @@ static enum MHD_Result respond_error(struct MHD_Connection *conn, struct request
 	}
 	add_common_headers(resp, req, MEDIA_JSON);
 	add_error_headers(resp, req, status);
-	return queue(conn, status, resp);
+	return queue(conn, req, status, resp);
 }
 
 /* ---- routing ------------------------------------------------------------ */
@@ -373,10 +396,18 @@ static int authenticate(struct request *req, struct MHD_Connection *conn)
 								MHD_HTTP_HEADER_AUTHORIZATION);
 	int r = limits_auth_check(req->rt->limits, req->peer_key, &req->retry_after);
 
-	if (r < 0)
+	if (r < 0) {
+		metric_add(metrics_counter(req->srv->metrics, "popsign_rate_limited_total",
+					   "Requests refused with 429, by reason", "reason",
+					   "auth_failures", NULL),
+			   1);
 		return r;
+	}
 	r = auth_authenticate(req->rt->cfg, authorization, &req->auth_peer, &req->client);
 	if (r == PS_E_UNAUTHORIZED) {
+		metric_add(metrics_counter(req->srv->metrics, "popsign_auth_failures_total",
+					   "Failed authentications", NULL),
+			   1);
 		limits_auth_failed(req->rt->limits, req->peer_key);
 		log_warning("request %llu from %s: authentication failed",
 			    (unsigned long long)req->id, req->peer);
@@ -401,9 +432,15 @@ static int request_begin(struct request *req, struct MHD_Connection *conn, const
 	r = authenticate(req, conn);
 	if (r == 0 && strstr(req->route->pattern, "{key}"))
 		r = resolve_key(req, key_too_long);
-	if (r == 0 && req->route->sign)
+	if (r == 0 && req->route->sign) {
 		r = limits_take(req->rt->limits, (size_t)(req->client - req->rt->cfg->clients),
 				&req->retry_after);
+		if (r < 0)
+			metric_add(metrics_counter(req->srv->metrics, "popsign_rate_limited_total",
+						   "Requests refused with 429, by reason", "reason",
+						   "client_rate", NULL),
+				   1);
+	}
 	if (r == 0 && req->route->sign)
 		r = check_body_headers(conn);
 	return r;
@@ -580,6 +617,34 @@ static enum MHD_Result respond_issued(struct MHD_Connection *conn, const struct 
 				      "sha256_fingerprint", cert->sha256_fingerprint));
 }
 
+static double seconds_since(const struct timespec *t0)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* signer_issue(), timed and counted per key. */
+static int timed_issue(struct request *req, struct issued **ret)
+{
+	struct timespec t0;
+	int r;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	r = signer_issue(req->rt->signer, req->key_index, req->sign.code, ret);
+	metric_observe(metrics_histogram(req->srv->metrics, "popsign_signing_seconds",
+					 "Time to have a verification certificate issued by the "
+					 "signer, by key", "key", req->key, NULL),
+		       seconds_since(&t0));
+	if (r == 0)
+		metric_add(metrics_counter(req->srv->metrics, "popsign_certificates_issued_total",
+					   "Verification certificates issued, by key", "key",
+					   req->key, NULL),
+			   1);
+	return r;
+}
+
 static enum MHD_Result handle_sign(struct request *req, struct MHD_Connection *conn)
 {
 	char why[REQUEST_WHY_MAX];
@@ -590,7 +655,7 @@ static enum MHD_Result handle_sign(struct request *req, struct MHD_Connection *c
 	r = request_parse_sign(req->body, req->body_len, &req->sign, why);
 	if (r < 0)
 		return respond_error(conn, req, r, why[0] ? why : NULL);
-	r = signer_issue(req->rt->signer, req->key_index, req->sign.code, &cert);
+	r = timed_issue(req, &cert);
 	if (r < 0) {
 		log_warning("request %llu: client '%s' key '%s' code %s: not issued: %s",
 			    (unsigned long long)req->id, req->client->name, req->key,
@@ -611,6 +676,37 @@ static enum MHD_Result handle_sign(struct request *req, struct MHD_Connection *c
 	ret = respond_issued(conn, req, cert);
 	issued_free(cert);
 	return ret;
+}
+
+/* 200 when the signer is up and answering, 503 otherwise. */
+static enum MHD_Result handle_readyz(struct request *req, struct MHD_Connection *conn)
+{
+	bool up = signer_alive(req->rt->signer);
+
+	if (!up)
+		req->retry_after = 1;
+	return respond_json(conn, req, up ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
+			    json_pack("{s:s}", "status", up ? "ready" : "unavailable"));
+}
+
+static enum MHD_Result handle_metrics(struct request *req, struct MHD_Connection *conn)
+{
+	char *text = NULL;
+	size_t len = 0;
+	struct MHD_Response *resp;
+
+	metric_set(metrics_gauge(req->srv->metrics, "popsign_signer_up",
+				 "Whether the signer process is up and answering", NULL),
+		   signer_alive(req->rt->signer) ? 1 : 0);
+	if (metrics_render(req->srv->metrics, &text, &len) < 0)
+		return respond_error(conn, req, PS_E_NOMEM, NULL);
+	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	add_common_headers(resp, req, "text/plain; version=0.0.4; charset=utf-8");
+	return queue(conn, req, MHD_HTTP_OK, resp);
 }
 
 /* ---- listeners ---------------------------------------------------------- */
@@ -760,22 +856,20 @@ int http_start(struct config *cfg, struct signer *signer, struct audit *audit,
 	       const int *listen_fds, size_t n_fds, struct http_server **ret)
 {
 	struct http_server *srv = calloc(1, sizeof(*srv));
-	int r;
+	int r = srv ? metrics_new(&srv->metrics) : PS_E_NOMEM;
 
-	if (!srv) {
+	if (r == 0)
+		srv->rt = runtime_new(cfg, signer);
+	if (!srv || !srv->rt) {
+		if (srv)
+			metrics_free(srv->metrics);
+		free(srv);
 		signer_free(signer);
 		config_free(cfg);
 		return PS_E_NOMEM;
 	}
 	pthread_mutex_init(&srv->lock, NULL);
 	srv->audit = audit;
-	srv->rt = runtime_new(cfg, signer);
-	if (!srv->rt) {
-		signer_free(signer);
-		config_free(cfg);
-		free(srv);
-		return PS_E_NOMEM;
-	}
 	r = open_listeners(srv, cfg, listen_fds, n_fds);
 	if (r < 0) {
 		http_stop(srv);
@@ -825,6 +919,7 @@ void http_stop(struct http_server *srv)
 			(void)unlink(srv->listeners[i].text + strlen("unix:"));
 	}
 	runtime_unref(srv->rt);
+	metrics_free(srv->metrics);
 	pthread_mutex_destroy(&srv->lock);
 	free(srv);
 }
