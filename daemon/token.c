@@ -1,103 +1,52 @@
+/* PKCS#11 modules, sessions, logins, key handles and signatures.  Building
+ * a token set is in token_set.c, faults and recovery in token_health.c. */
 #include "token.h"
 
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-
-#include <p11-kit/pkcs11.h>
+#include <time.h>
 
 #include "error.h"
 #include "log.h"
-#include "secret.h"
-#include "text.h"
+#include "token_internal.h"
 #include "util.h"
 
-/* ---- PKCS#11 return values in log lines ---- */
-
-static const char *ckr_name(CK_RV rv)
+long long token_now_ms(void)
 {
-#define CKR(x) { x, #x }
-	static const struct {
-		CK_RV rv;
-		const char *name;
-	} names[] = {
-		CKR(CKR_OK), CKR(CKR_CANCEL), CKR(CKR_HOST_MEMORY), CKR(CKR_SLOT_ID_INVALID),
-		CKR(CKR_GENERAL_ERROR), CKR(CKR_FUNCTION_FAILED), CKR(CKR_ARGUMENTS_BAD),
-		CKR(CKR_CANT_LOCK), CKR(CKR_ATTRIBUTE_SENSITIVE), CKR(CKR_ATTRIBUTE_TYPE_INVALID),
-		CKR(CKR_ACTION_PROHIBITED), CKR(CKR_DEVICE_ERROR), CKR(CKR_DEVICE_MEMORY),
-		CKR(CKR_DEVICE_REMOVED), CKR(CKR_DATA_INVALID), CKR(CKR_DATA_LEN_RANGE),
-		CKR(CKR_FUNCTION_CANCELED), CKR(CKR_FUNCTION_NOT_SUPPORTED),
-		CKR(CKR_KEY_HANDLE_INVALID), CKR(CKR_KEY_TYPE_INCONSISTENT),
-		CKR(CKR_KEY_FUNCTION_NOT_PERMITTED), CKR(CKR_MECHANISM_INVALID),
-		CKR(CKR_MECHANISM_PARAM_INVALID), CKR(CKR_OBJECT_HANDLE_INVALID),
-		CKR(CKR_OPERATION_ACTIVE), CKR(CKR_OPERATION_NOT_INITIALIZED),
-		CKR(CKR_PIN_INCORRECT), CKR(CKR_PIN_INVALID), CKR(CKR_PIN_LEN_RANGE),
-		CKR(CKR_PIN_EXPIRED), CKR(CKR_PIN_LOCKED), CKR(CKR_SESSION_CLOSED),
-		CKR(CKR_SESSION_COUNT), CKR(CKR_SESSION_HANDLE_INVALID),
-		CKR(CKR_SESSION_PARALLEL_NOT_SUPPORTED), CKR(CKR_SESSION_READ_ONLY),
-		CKR(CKR_TEMPLATE_INCOMPLETE), CKR(CKR_TEMPLATE_INCONSISTENT),
-		CKR(CKR_TOKEN_NOT_PRESENT), CKR(CKR_TOKEN_NOT_RECOGNIZED),
-		CKR(CKR_USER_ALREADY_LOGGED_IN), CKR(CKR_USER_NOT_LOGGED_IN),
-		CKR(CKR_USER_PIN_NOT_INITIALIZED), CKR(CKR_USER_TYPE_INVALID),
-		CKR(CKR_BUFFER_TOO_SMALL), CKR(CKR_CRYPTOKI_NOT_INITIALIZED),
-		CKR(CKR_CRYPTOKI_ALREADY_INITIALIZED), CKR(CKR_FUNCTION_REJECTED),
-	};
-#undef CKR
+	struct timespec ts;
 
-	for (size_t i = 0; i < ELEMENTSOF(names); i++)
-		if (names[i].rv == rv)
-			return names[i].name;
-	return "CKR_(unknown)";
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
-
-/* The failing C_* call a helper saw, for the deciding code to log. */
-struct p11_fail {
-	const char *call;
-	CK_RV rv;
-};
-
-static int fail_token(struct p11_fail *f, const char *call, CK_RV rv)
-{
-	f->call = call;
-	f->rv = rv;
-	return PS_E_TOKEN;
-}
-
-#define FAIL_FMT "%s: %s (0x%lx)"
-#define FAIL_ARGS(f) (f).call, ckr_name((f).rv), (unsigned long)(f).rv
 
 /* ---- modules: process-wide, so that two token sets (a reload) never
  * finalise a module the other still uses ---- */
 
-struct module {
-	char *path; /* canonical */
-	void *dl;
-	CK_FUNCTION_LIST_PTR fl;
-	bool initialized_here; /* false: someone else in the process did; never finalise */
-	unsigned refs;         /* token sets using it */
-	struct module *next;
-};
-
 static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct module *modules;
 
-static int module_init(struct module *m)
+static CK_RV module_initialize(struct module *m)
 {
 	CK_C_INITIALIZE_ARGS args;
-	CK_RV rv;
 
 	/* SoftHSM turns its own locking off when given no arguments. */
 	memset(&args, 0, sizeof(args));
 	args.flags = CKF_OS_LOCKING_OK;
-	rv = m->fl->C_Initialize(&args);
+	return m->fl->C_Initialize(&args);
+}
+
+static int module_init(struct module *m)
+{
+	CK_RV rv = module_initialize(m);
+
 	if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
 		return 0;
 	if (rv != CKR_OK) {
+		ckr_count(rv);
 		log_error("module %s: C_Initialize: %s (0x%lx)", m->path, ckr_name(rv), (unsigned long)rv);
 		return PS_E_TOKEN;
 	}
@@ -134,6 +83,7 @@ static void module_destroy(struct module *m)
 		(void)m->fl->C_Finalize(NULL);
 	if (m->dl)
 		dlclose(m->dl);
+	pthread_rwlock_destroy(&m->use);
 	free(m->path);
 	free(m);
 }
@@ -156,6 +106,7 @@ static int module_acquire_locked(const char *canon, struct module **ret)
 		free(m);
 		return PS_E_NOMEM;
 	}
+	pthread_rwlock_init(&m->use, NULL);
 	r = module_open(m);
 	if (r < 0) {
 		module_destroy(m);
@@ -168,7 +119,7 @@ static int module_acquire_locked(const char *canon, struct module **ret)
 	return 0;
 }
 
-static int module_acquire(const char *canon, struct module **ret)
+int module_acquire(const char *canon, struct module **ret)
 {
 	int r;
 
@@ -178,7 +129,7 @@ static int module_acquire(const char *canon, struct module **ret)
 	return r;
 }
 
-static void module_release(struct module *m)
+void module_release(struct module *m)
 {
 	pthread_mutex_lock(&modules_lock);
 	if (--m->refs == 0) {
@@ -192,7 +143,7 @@ static void module_release(struct module *m)
 	pthread_mutex_unlock(&modules_lock);
 }
 
-static bool module_shared(struct module *m)
+bool module_shared(struct module *m)
 {
 	bool shared;
 
@@ -202,81 +153,104 @@ static bool module_shared(struct module *m)
 	return shared;
 }
 
-/* ---- tokens, sessions and keys ---- */
-
-struct session {
-	CK_SESSION_HANDLE h;   /* CK_INVALID_HANDLE: (re)open before use */
-	CK_OBJECT_HANDLE *keys; /* by token_key.index; CK_INVALID_HANDLE: not found yet */
-	size_t n_keys;
-	bool busy;
-};
-
-struct token {
-	struct module *mod;
-	CK_SLOT_ID slot;
-	char label[33]; /* for log lines */
-
-	pthread_mutex_t lock; /* busy flags, n_keys */
-	pthread_cond_t freed;
-	struct session *sessions;
-	unsigned n_sessions;
-	unsigned n_keys;
-
-	/* Taken only while holding a session, never the other way round. */
-	pthread_mutex_t login_lock;
-	struct secret *pin; /* NULL: none known (yet) */
-	bool pin_refused;   /* the token refused it once: never try again */
-
-	struct token *next;
-};
-
-struct object_query {
-	CK_OBJECT_CLASS class;
-	const char *label; /* NULL: any */
-	const uint8_t *id;
-	size_t id_len; /* 0: any */
-};
-
-struct token_key {
-	struct token *token;
-	unsigned index; /* slot in each session's handle cache */
-	enum token_key_type type;
-	char *name;     /* "token/object" for log lines */
-	char *label;    /* as the URI names it */
-	uint8_t id[KEY_URI_ID_MAX];
-	size_t id_len;
-	uint8_t *obj_id;    /* as the token holds it: finds the certificate */
-	size_t obj_id_len;
-	char *obj_label;
-	struct token_key *next;
-};
-
-struct token_set {
-	unsigned n_sessions;
-	struct module **modules;
-	size_t n_modules;
-	struct token *tokens;
-	struct token_key *keys;
-};
-
-static struct session *session_take(struct token *t)
+void module_enter(struct module *m)
 {
-	pthread_mutex_lock(&t->lock);
-	for (;;) {
-		for (unsigned i = 0; i < t->n_sessions; i++)
-			if (!t->sessions[i].busy) {
-				t->sessions[i].busy = true;
-				pthread_mutex_unlock(&t->lock);
-				return &t->sessions[i];
-			}
-		pthread_cond_wait(&t->freed, &t->lock);
-	}
+	/* glibc's default rwlock prefers readers: a re-initialisation waiting
+	 * for a hung call never holds up the other callers. */
+	pthread_rwlock_rdlock(&m->use);
 }
 
-static void session_give(struct token *t, struct session *s)
+void module_leave(struct module *m)
+{
+	pthread_rwlock_unlock(&m->use);
+}
+
+int module_reinit(struct module *m, struct p11_fail *f)
+{
+	struct timespec until;
+	CK_RV rv;
+
+	if (!m->initialized_here)
+		return PS_E_UNSUPPORTED;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += TOKEN_REINIT_WAIT_MS / 1000;
+	until.tv_nsec += (long)(TOKEN_REINIT_WAIT_MS % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	/* C_Finalize while another thread is inside the module is undefined. */
+	if (pthread_rwlock_timedwrlock(&m->use, &until) != 0)
+		return PS_E_TIMEOUT;
+	(void)m->fl->C_Finalize(NULL);
+	rv = module_initialize(m);
+	m->epoch++;
+	pthread_rwlock_unlock(&m->use);
+	if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
+		return fail_token(f, "C_Initialize", rv);
+	return 0;
+}
+
+/* ---- sessions ---- */
+
+static struct session *free_session_locked(struct token *t, long long now)
+{
+	for (unsigned i = 0; i < t->n_sessions; i++)
+		if (!t->sessions[i].busy) {
+			t->sessions[i].busy = true;
+			t->sessions[i].busy_since = now;
+			return &t->sessions[i];
+		}
+	return NULL;
+}
+
+static void deadline_at(struct timespec *ts, long long ms)
+{
+	ts->tv_sec = ms / 1000;
+	ts->tv_nsec = (long)(ms % 1000) * 1000000L;
+}
+
+int session_take(struct token *t, struct session **ret)
+{
+	long long now = token_now_ms(), deadline;
+	struct timespec ts;
+	int r = PS_E_TOKEN;
+
+	pthread_mutex_lock(&t->lock);
+	deadline = now + t->timeout_ms;
+	for (;;) {
+		if (t->fault != TOKEN_OK || token_stuck_locked(t, now))
+			break;
+		*ret = free_session_locked(t, now);
+		if (*ret) {
+			r = 0;
+			break;
+		}
+		if (now >= deadline)
+			break;
+		deadline_at(&ts, deadline);
+		(void)pthread_cond_timedwait(&t->freed, &t->lock, &ts);
+		now = token_now_ms();
+	}
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}
+
+struct session *session_try_take(struct token *t)
+{
+	struct session *s;
+
+	pthread_mutex_lock(&t->lock);
+	s = free_session_locked(t, token_now_ms());
+	pthread_mutex_unlock(&t->lock);
+	return s;
+}
+
+void session_give(struct token *t, struct session *s)
 {
 	pthread_mutex_lock(&t->lock);
 	s->busy = false;
+	s->busy_since = 0;
 	pthread_cond_signal(&t->freed);
 	pthread_mutex_unlock(&t->lock);
 }
@@ -287,10 +261,10 @@ static void session_forget_handles(struct session *s)
 		s->keys[i] = CK_INVALID_HANDLE;
 }
 
-/* Closes s (its handle may already be dead) so its next use reopens it. */
-static void session_drop(struct token *t, struct session *s)
+void session_drop(struct token *t, struct session *s)
 {
-	if (s->h != CK_INVALID_HANDLE)
+	/* After a re-initialisation the number may name someone else's session. */
+	if (s->h != CK_INVALID_HANDLE && s->epoch == t->mod->epoch)
 		(void)t->mod->fl->C_CloseSession(s->h);
 	s->h = CK_INVALID_HANDLE;
 	session_forget_handles(s);
@@ -302,10 +276,10 @@ static bool pin_rejected(CK_RV rv)
 	       rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_EXPIRED;
 }
 
-/* Logs in through s unless the token is logged in already or no PIN is
- * known.  A PIN the token refused is wiped and never offered again: retries
- * lock real tokens. */
-static int token_login(struct token *t, struct session *s, struct p11_fail *f)
+/* Retries lock real tokens: a PIN the token refused is wiped and never
+ * offered again.  A login is done only while the session is public, so
+ * threads that all saw the login go log in once between them. */
+int token_login(struct token *t, struct session *s, struct p11_fail *f)
 {
 	CK_FUNCTION_LIST_PTR fl = t->mod->fl;
 	CK_SESSION_INFO info;
@@ -325,6 +299,8 @@ static int token_login(struct token *t, struct session *s, struct p11_fail *f)
 	if (!t->pin || info.state == CKS_RO_USER_FUNCTIONS || info.state == CKS_RW_USER_FUNCTIONS)
 		goto out;
 	rv = fl->C_Login(s->h, CKU_USER, (CK_UTF8CHAR_PTR)t->pin->data, t->pin->len);
+	if (rv == CKR_OK)
+		__atomic_add_fetch(&t->login_gen, 1, __ATOMIC_RELEASE);
 	if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)
 		goto out;
 	r = fail_token(f, "C_Login", rv);
@@ -341,8 +317,15 @@ out:
 
 static int session_open(struct token *t, struct session *s, struct p11_fail *f)
 {
-	CK_RV rv = t->mod->fl->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL, NULL, &s->h);
+	CK_SLOT_ID slot;
+	CK_RV rv;
 
+	pthread_mutex_lock(&t->lock);
+	slot = t->slot;
+	s->reset = t->reset;
+	pthread_mutex_unlock(&t->lock);
+	s->epoch = t->mod->epoch;
+	rv = t->mod->fl->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s->h);
 	if (rv != CKR_OK) {
 		s->h = CK_INVALID_HANDLE;
 		return fail_token(f, "C_OpenSession", rv);
@@ -352,10 +335,32 @@ static int session_open(struct token *t, struct session *s, struct p11_fail *f)
 	return token_login(t, s, f);
 }
 
-/* Finds the one object q names.  Returns 0 and *ret, PS_E_NOT_FOUND (none),
- * PS_E_CONFIG (more than one) or PS_E_TOKEN (f says which call failed). */
-static int find_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, const struct object_query *q,
-		       CK_OBJECT_HANDLE *ret, struct p11_fail *f)
+int session_prepare(struct token *t, struct session *s, struct p11_fail *f)
+{
+	unsigned reset = __atomic_load_n(&t->reset, __ATOMIC_ACQUIRE);
+	unsigned login;
+	int r;
+
+	if (s->h != CK_INVALID_HANDLE && (s->epoch != t->mod->epoch || s->reset != reset))
+		session_drop(t, s);
+	if (s->h == CK_INVALID_HANDLE) {
+		r = session_open(t, s, f);
+		if (r < 0)
+			return r;
+	}
+	/* SoftHSM refuses private key handles found before a new login. */
+	login = __atomic_load_n(&t->login_gen, __ATOMIC_ACQUIRE);
+	if (s->login_gen != login) {
+		session_forget_handles(s);
+		s->login_gen = login;
+	}
+	return 0;
+}
+
+/* ---- objects ---- */
+
+int find_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, const struct object_query *q,
+		CK_OBJECT_HANDLE *ret, struct p11_fail *f)
 {
 	CK_OBJECT_CLASS class = q->class;
 	CK_ATTRIBUTE tmpl[3] = { { CKA_CLASS, &class, sizeof(class) } };
@@ -382,9 +387,8 @@ static int find_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, const struc
 	return 0;
 }
 
-/* Reads attribute type of obj into a new buffer (caller frees). */
-static int get_attr_alloc(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj,
-			  CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len, struct p11_fail *f)
+int get_attr_alloc(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj,
+		   CK_ATTRIBUTE_TYPE type, uint8_t **ret, size_t *ret_len, struct p11_fail *f)
 {
 	CK_ATTRIBUTE a = { type, NULL, 0 };
 	_cleanup_free_ uint8_t *buf = NULL;
@@ -413,9 +417,8 @@ static struct object_query key_query(const struct token_key *k)
 	return (struct object_query){ CKO_PRIVATE_KEY, k->label, k->id, k->id_len };
 }
 
-/* The handle of k in s: cached, or found once and cached. */
-static int key_handle(struct token_key *k, struct session *s, CK_OBJECT_HANDLE *ret,
-		      struct p11_fail *f)
+int key_handle(struct token_key *k, struct session *s, CK_OBJECT_HANDLE *ret,
+	       struct p11_fail *f)
 {
 	struct object_query q = key_query(k);
 	CK_OBJECT_HANDLE obj;
@@ -445,8 +448,8 @@ static int key_handle(struct token_key *k, struct session *s, CK_OBJECT_HANDLE *
 
 /* ---- signing ---- */
 
-static int sign_once(struct token_key *k, struct session *s, const uint8_t *in, size_t inlen,
-		     uint8_t *sig, size_t *siglen, struct p11_fail *f)
+int sign_once(struct token_key *k, struct session *s, const uint8_t *in, size_t inlen,
+	      uint8_t *sig, size_t *siglen, struct p11_fail *f)
 {
 	CK_FUNCTION_LIST_PTR fl = k->token->mod->fl;
 	CK_MECHANISM mech = { k->type == TOKEN_KEY_RSA ? CKM_RSA_PKCS : CKM_ECDSA, NULL, 0 };
@@ -455,11 +458,6 @@ static int sign_once(struct token_key *k, struct session *s, const uint8_t *in, 
 	CK_RV rv;
 	int r;
 
-	if (s->h == CK_INVALID_HANDLE) {
-		r = session_open(k->token, s, f);
-		if (r < 0)
-			return r;
-	}
 	r = key_handle(k, s, &obj, f);
 	if (r < 0)
 		return r;
@@ -473,57 +471,78 @@ static int sign_once(struct token_key *k, struct session *s, const uint8_t *in, 
 	return 0;
 }
 
-/* Whether a failure is one a fresh session, handle or login cures. */
-static bool sign_recoverable(CK_RV rv)
+static int sign_attempt(struct token_key *k, struct session *s, const uint8_t *in,
+			size_t inlen, uint8_t *sig, size_t *siglen, struct p11_fail *f)
 {
-	return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
-	       rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID ||
-	       rv == CKR_USER_NOT_LOGGED_IN;
+	int r = session_prepare(k->token, s, f);
+
+	return r < 0 ? r : sign_once(k, s, in, inlen, sig, siglen, f);
 }
 
-/* Makes s fit for a retry after rv. */
-static void sign_recover(struct token_key *k, struct session *s, CK_RV rv)
+/* Signs in s; a lost session, login or handle is repaired and the
+ * signature tried once more. */
+static int sign_in(struct token_key *k, struct session *s, const uint8_t *in, size_t inlen,
+		   uint8_t *sig, size_t *siglen, struct p11_fail *f)
 {
-	struct p11_fail f = { 0 };
+	int r = sign_attempt(k, s, in, inlen, sig, siglen, f);
 
-	if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID) {
-		session_forget_handles(s);
-	} else if (rv == CKR_USER_NOT_LOGGED_IN) {
-		if (token_login(k->token, s, &f) < 0 && f.call)
-			log_error("key %s: " FAIL_FMT, k->name, FAIL_ARGS(f));
-	} else {
-		session_drop(k->token, s);
+	if (r == PS_E_TOKEN && f->call && fault_repairable(f->rv)) {
+		log_warning("key %s: " FAIL_FMT "; repairing and trying once more", k->name,
+			    FAIL_ARGS(*f));
+		r = session_repair(k->token, s, f->rv, f);
+		if (r == 0) {
+			f->call = NULL;
+			r = sign_attempt(k, s, in, inlen, sig, siglen, f);
+		}
 	}
+	/* A sign operation left active would refuse the next C_SignInit. */
+	if (r < 0 && f->call && (f->rv == CKR_BUFFER_TOO_SMALL || f->rv == CKR_OPERATION_ACTIVE))
+		session_drop(k->token, s);
+	return r;
+}
+
+/* Logs why a signature failed, and fails the token if the reason is the
+ * token's rather than this signature's. */
+static void sign_failed(struct token_key *k, const struct session *s, int r,
+			const struct p11_fail *f)
+{
+	enum token_fault fault = TOKEN_OK;
+
+	if (r == PS_E_PIN)
+		fault = FAULT_PIN;
+	else if (r == PS_E_NOT_FOUND || r == PS_E_CONFIG)
+		fault = FAULT_KEY;
+	else if (f->call)
+		fault = fault_of(f->rv);
+	if (f->call)
+		log_error("key %s: " FAIL_FMT, k->name, FAIL_ARGS(*f));
+	else if (r == PS_E_NOT_FOUND || r == PS_E_CONFIG)
+		log_error("key %s: %s in a reopened session", k->name,
+			  r == PS_E_NOT_FOUND ? "not found" : "ambiguous");
+	else if (r != PS_E_PIN)
+		log_error("key %s: cannot sign: %s", k->name, ps_strerror(r));
+	if (fault != TOKEN_OK)
+		token_fail(k->token, s, fault, f->call ? f->rv : CKR_OK);
 }
 
 int token_key_sign(struct token_key *k, const uint8_t *in, size_t inlen, uint8_t *sig,
 		   size_t *siglen)
 {
-	struct session *s = session_take(k->token);
+	struct token *t = k->token;
 	struct p11_fail f = { 0 };
+	struct session *s;
 	int r;
 
-	r = sign_once(k, s, in, inlen, sig, siglen, &f);
-	if (r == PS_E_TOKEN && f.call && sign_recoverable(f.rv)) {
-		log_warning("key %s: " FAIL_FMT "; retrying once", k->name, FAIL_ARGS(f));
-		sign_recover(k, s, f.rv);
-		f.call = NULL;
-		r = sign_once(k, s, in, inlen, sig, siglen, &f);
-	}
-	/* A sign operation left active would refuse the next C_SignInit. */
-	if (r < 0 && f.call && (f.rv == CKR_BUFFER_TOO_SMALL || f.rv == CKR_OPERATION_ACTIVE))
-		session_drop(k->token, s);
-	session_give(k->token, s);
-	if (r == 0)
-		return 0;
-	if (f.call)
-		log_error("key %s: " FAIL_FMT, k->name, FAIL_ARGS(f));
-	else if (r == PS_E_NOT_FOUND || r == PS_E_CONFIG)
-		log_error("key %s: %s in a reopened session", k->name,
-			  r == PS_E_NOT_FOUND ? "not found" : "ambiguous");
-	else
-		log_error("key %s: cannot sign: %s", k->name, ps_strerror(r));
-	return PS_E_TOKEN;
+	/* Failed or hung: no log line per request, token_fail() said it once. */
+	if (session_take(t, &s) < 0)
+		return PS_E_TOKEN;
+	module_enter(t->mod);
+	r = sign_in(k, s, in, inlen, sig, siglen, &f);
+	if (r < 0)
+		sign_failed(k, s, r, &f);
+	module_leave(t->mod);
+	session_give(t, s);
+	return r == 0 ? 0 : PS_E_TOKEN;
 }
 
 enum token_key_type token_key_type(const struct token_key *k)
@@ -548,11 +567,9 @@ static int cert_find(struct token_key *k, struct session *s, uint8_t **ret_der, 
 	} else {
 		return PS_E_NOT_FOUND;
 	}
-	if (s->h == CK_INVALID_HANDLE) {
-		r = session_open(k->token, s, f);
-		if (r < 0)
-			return r;
-	}
+	r = session_prepare(k->token, s, f);
+	if (r < 0)
+		return r;
 	r = find_object(k->token->mod->fl, s->h, &q, &obj, f);
 	if (r < 0)
 		return r;
@@ -561,472 +578,24 @@ static int cert_find(struct token_key *k, struct session *s, uint8_t **ret_der, 
 
 int token_key_certificate(struct token_key *k, uint8_t **ret_der, size_t *ret_len)
 {
-	struct session *s = session_take(k->token);
+	struct token *t = k->token;
 	struct p11_fail f = { 0 };
+	struct session *s;
 	int r;
 
+	if (session_take(t, &s) < 0) {
+		log_error("key %s: certificate: the token cannot be used right now", k->name);
+		return PS_E_TOKEN;
+	}
+	module_enter(t->mod);
 	r = cert_find(k, s, ret_der, ret_len, &f);
-	if (r == PS_E_TOKEN && f.call && sign_recoverable(f.rv))
-		session_drop(k->token, s);
-	session_give(k->token, s);
+	if (r == PS_E_TOKEN && f.call && fault_repairable(f.rv))
+		session_drop(t, s);
+	module_leave(t->mod);
+	session_give(t, s);
 	if (r == PS_E_TOKEN && f.call)
 		log_error("key %s: certificate: " FAIL_FMT, k->name, FAIL_ARGS(f));
 	else if (r == PS_E_CONFIG)
 		log_error("key %s: more than one certificate object has the key's id or label", k->name);
-	return r == PS_E_CONFIG ? PS_E_TOKEN : r;
-}
-
-/* ---- building a set ---- */
-
-int token_set_new(unsigned sessions, struct token_set **ret)
-{
-	struct token_set *set = calloc(1, sizeof(*set));
-
-	if (!set)
-		return PS_E_NOMEM;
-	set->n_sessions = sessions ? sessions : 1;
-	*ret = set;
-	return 0;
-}
-
-static int set_module(struct token_set *set, const char *path, struct module **ret)
-{
-	_cleanup_free_ char *canon = realpath(path, NULL);
-	struct module **mods;
-	int r;
-
-	if (!canon) {
-		log_error("module %s: %s", path, strerror(errno));
-		return errno == ENOENT || errno == ENOTDIR ? PS_E_NOT_FOUND : PS_E_TOKEN;
-	}
-	for (size_t i = 0; i < set->n_modules; i++)
-		if (strcmp(set->modules[i]->path, canon) == 0) {
-			*ret = set->modules[i];
-			return 0;
-		}
-	mods = realloc(set->modules, (set->n_modules + 1) * sizeof(*mods));
-	if (!mods)
-		return PS_E_NOMEM;
-	set->modules = mods;
-	r = module_acquire(canon, &mods[set->n_modules]);
-	if (r < 0)
-		return r;
-	*ret = mods[set->n_modules++];
-	return 0;
-}
-
-/* Whether a blank-padded token info field equals want (NULL: anything). */
-static bool field_matches(const CK_UTF8CHAR *field, size_t n, const char *want)
-{
-	while (n > 0 && (field[n - 1] == ' ' || field[n - 1] == '\0'))
-		n--;
-	return !want || (strlen(want) == n && memcmp(field, want, n) == 0);
-}
-
-static bool token_matches(const CK_TOKEN_INFO *ti, const struct key_uri *uri)
-{
-	return (ti->flags & CKF_TOKEN_INITIALIZED) &&
-	       field_matches(ti->label, sizeof(ti->label), uri->token_label) &&
-	       field_matches(ti->serialNumber, sizeof(ti->serialNumber), uri->token_serial) &&
-	       field_matches(ti->manufacturerID, sizeof(ti->manufacturerID), uri->token_manufacturer) &&
-	       field_matches(ti->model, sizeof(ti->model), uri->token_model);
-}
-
-static int slot_list(struct module *m, CK_SLOT_ID **ret, CK_ULONG *ret_n, struct p11_fail *f)
-{
-	CK_SLOT_ID *slots = NULL;
-	CK_ULONG n = 0;
-	CK_RV rv;
-
-	/* Slots can appear between the two calls: ask again then. */
-	for (int attempt = 0; attempt < 3; attempt++) {
-		rv = m->fl->C_GetSlotList(CK_TRUE, NULL, &n);
-		if (rv != CKR_OK)
-			return fail_token(f, "C_GetSlotList", rv);
-		free(slots);
-		slots = calloc(n + 1, sizeof(*slots));
-		if (!slots)
-			return PS_E_NOMEM;
-		rv = m->fl->C_GetSlotList(CK_TRUE, slots, &n);
-		if (rv != CKR_BUFFER_TOO_SMALL)
-			break;
-	}
-	if (rv != CKR_OK) {
-		free(slots);
-		return fail_token(f, "C_GetSlotList", rv);
-	}
-	*ret = slots;
-	*ret_n = n;
-	return 0;
-}
-
-/* The one slot whose token matches uri, and its trimmed label. */
-static int slot_find(struct module *m, const struct key_uri *uri, CK_SLOT_ID *ret, char label[33])
-{
-	_cleanup_free_ CK_SLOT_ID *slots = NULL;
-	struct p11_fail f = { 0 };
-	CK_TOKEN_INFO ti;
-	CK_ULONG n = 0, matches = 0;
-	int r = slot_list(m, &slots, &n, &f);
-
-	if (r == PS_E_TOKEN)
-		log_error("module %s: " FAIL_FMT, m->path, FAIL_ARGS(f));
-	if (r < 0)
-		return r;
-	for (CK_ULONG i = 0; i < n; i++) {
-		CK_RV rv = m->fl->C_GetTokenInfo(slots[i], &ti);
-
-		if (rv != CKR_OK) {
-			log_warning("module %s: slot %lu: C_GetTokenInfo: %s (0x%lx)", m->path,
-				    (unsigned long)slots[i], ckr_name(rv), (unsigned long)rv);
-			continue;
-		}
-		if (!token_matches(&ti, uri))
-			continue;
-		if (matches++ == 0) {
-			*ret = slots[i];
-			memcpy(label, ti.label, sizeof(ti.label));
-			label[32] = '\0';
-			for (int j = 31; j >= 0 && label[j] == ' '; j--)
-				label[j] = '\0';
-		}
-	}
-	if (matches == 1)
-		return 0;
-	if (matches == 0)
-		log_error("module %s: no token matches token=%s serial=%s manufacturer=%s model=%s",
-			  m->path, uri->token_label ?: "*", uri->token_serial ?: "*",
-			  uri->token_manufacturer ?: "*", uri->token_model ?: "*");
-	else
-		log_error("module %s: %lu tokens match; name one in the uri with token=, serial=, "
-			  "manufacturer= or model=", m->path, (unsigned long)matches);
-	return matches == 0 ? PS_E_NOT_FOUND : PS_E_TOKEN;
-}
-
-static void token_free(struct token *t)
-{
-	CK_FUNCTION_LIST_PTR fl = t->mod->fl;
-	bool logout = t->pin && !module_shared(t->mod);
-
-	for (unsigned i = 0; i < t->n_sessions; i++) {
-		struct session *s = &t->sessions[i];
-
-		/* Logging out ends the login for every session of the process on
-		 * this token: skip it while another token set still uses it. */
-		if (logout && s->h != CK_INVALID_HANDLE) {
-			(void)fl->C_Logout(s->h);
-			logout = false;
-		}
-		if (s->h != CK_INVALID_HANDLE)
-			(void)fl->C_CloseSession(s->h);
-		free(s->keys);
-	}
-	free(t->sessions);
-	secret_free(t->pin);
-	pthread_mutex_destroy(&t->lock);
-	pthread_mutex_destroy(&t->login_lock);
-	pthread_cond_destroy(&t->freed);
-	free(t);
-}
-
-static int token_new(struct module *m, CK_SLOT_ID slot, const char *label, unsigned n_sessions,
-		     struct token **ret)
-{
-	struct token *t = calloc(1, sizeof(*t));
-	struct p11_fail f = { 0 };
-
-	if (!t)
-		return PS_E_NOMEM;
-	t->mod = m;
-	t->slot = slot;
-	snprintf(t->label, sizeof(t->label), "%s", label);
-	pthread_mutex_init(&t->lock, NULL);
-	pthread_mutex_init(&t->login_lock, NULL);
-	pthread_cond_init(&t->freed, NULL);
-	t->sessions = calloc(n_sessions, sizeof(*t->sessions));
-	if (!t->sessions) {
-		token_free(t);
-		return PS_E_NOMEM;
-	}
-	/* Eagerly: a token that cannot give us all its sessions fails at start. */
-	for (; t->n_sessions < n_sessions; t->n_sessions++)
-		if (session_open(t, &t->sessions[t->n_sessions], &f) < 0) {
-			log_error("token %s: " FAIL_FMT, t->label, FAIL_ARGS(f));
-			token_free(t);
-			return PS_E_TOKEN;
-		}
-	*ret = t;
-	return 0;
-}
-
-/* The set's token in slot of m, created on first use. */
-static int set_token(struct token_set *set, struct module *m, CK_SLOT_ID slot, const char *label,
-		     struct token **ret)
-{
-	struct token *t;
-	int r;
-
-	for (t = set->tokens; t; t = t->next)
-		if (t->mod == m && t->slot == slot) {
-			*ret = t;
-			return 0;
-		}
-	r = token_new(m, slot, label, set->n_sessions, &t);
-	if (r < 0)
-		return r;
-	t->next = set->tokens;
-	set->tokens = t;
-	*ret = t;
-	return 0;
-}
-
-static const char *pin_problem(const char *path, int r)
-{
-	struct stat st;
-
-	switch (r) {
-	case PS_E_NOT_FOUND:
-		return "does not exist";
-	case PS_E_PERMISSIONS:
-		if (stat(path, &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)))
-			return "is readable or writable by group or others (make it mode 0600)";
-		return "cannot be opened: permission denied";
-	case PS_E_TOO_LARGE:
-		return "is too large to hold a PIN";
-	case PS_E_INVALID_REQUEST:
-		return "is empty or not a regular file";
-	default:
-		return "cannot be read";
-	}
-}
-
-/* Whether a and b hold the same PIN. */
-static bool pin_same(const struct secret *a, const struct secret *b)
-{
-	return a->len == b->len && bytes_equal_ct(a->data, b->data, a->len);
-}
-
-/* Reads and checks the PIN file path names (NULL: none).  The first PIN of
- * a token is kept for logging in; every later key's PIN file is still
- * checked, so a broken pin-source never hides behind a login another key
- * made, and must hold the same PIN: a second PIN is never offered. */
-static int token_read_pin(struct token *t, const char *path)
-{
-	struct secret *pin = NULL;
-	int r = 0;
-
-	pthread_mutex_lock(&t->login_lock);
-	if (t->pin_refused) {
-		log_error("token %s: the token refused the PIN before; not trying again", t->label);
-		r = PS_E_PIN;
-		goto out;
-	}
-	if (!path)
-		goto out;
-	r = secret_read_file(path, &pin);
-	if (r < 0) {
-		if (r != PS_E_NOMEM) {
-			log_error("token %s: PIN file %s %s", t->label, path, pin_problem(path, r));
-			r = PS_E_PIN;
-		}
-		goto out;
-	}
-	if (!t->pin) {
-		t->pin = TAKE_PTR(pin);
-	} else if (!pin_same(pin, t->pin)) {
-		log_error("token %s: PIN file %s holds another PIN than that of the token's other keys",
-			  t->label, path);
-		r = PS_E_PIN;
-	}
-out:
-	secret_free(pin);
-	pthread_mutex_unlock(&t->login_lock);
-	return r;
-}
-
-/* ---- keys ---- */
-
-static void key_free(struct token_key *k)
-{
-	if (!k)
-		return;
-	free(k->name);
-	free(k->label);
-	free(k->obj_id);
-	free(k->obj_label);
-	free(k);
-}
-
-static int key_new(struct token *t, const struct key_uri *uri, struct token_key **ret)
-{
-	struct token_key *k = calloc(1, sizeof(*k));
-	char hex[2 * KEY_URI_ID_MAX + 1];
-	int n;
-
-	if (!k)
-		return PS_E_NOMEM;
-	k->token = t;
-	k->id_len = uri->id_len;
-	memcpy(k->id, uri->id, uri->id_len);
-	hex_encode(uri->id, uri->id_len, false, hex);
-	if (uri->object_label)
-		n = asprintf(&k->name, "%s/%s", t->label, uri->object_label);
-	else
-		n = asprintf(&k->name, "%s/id=%s", t->label, hex);
-	if (n < 0)
-		k->name = NULL; /* asprintf leaves it undefined on failure */
-	if (uri->object_label)
-		k->label = strdup(uri->object_label);
-	if (!k->name || (uri->object_label && !k->label)) {
-		key_free(k);
-		return PS_E_NOMEM;
-	}
-	pthread_mutex_lock(&t->lock);
-	k->index = t->n_keys++;
-	pthread_mutex_unlock(&t->lock);
-	*ret = k;
-	return 0;
-}
-
-static int key_read_type(struct token_key *k, struct session *s, CK_OBJECT_HANDLE obj,
-			 struct p11_fail *f)
-{
-	CK_KEY_TYPE kt;
-	CK_ATTRIBUTE a = { CKA_KEY_TYPE, &kt, sizeof(kt) };
-	CK_RV rv = k->token->mod->fl->C_GetAttributeValue(s->h, obj, &a, 1);
-
-	if (rv != CKR_OK)
-		return fail_token(f, "C_GetAttributeValue", rv);
-	if (kt == CKK_RSA)
-		k->type = TOKEN_KEY_RSA;
-	else if (kt == CKK_EC)
-		k->type = TOKEN_KEY_EC;
-	else
-		return PS_E_UNSUPPORTED;
-	return 0;
-}
-
-/* Finds k through s (logging in first), learns its type, id and label. */
-static int key_setup(struct token_key *k, struct session *s, struct p11_fail *f)
-{
-	CK_FUNCTION_LIST_PTR fl = k->token->mod->fl;
-	CK_OBJECT_HANDLE obj;
-	uint8_t *label = NULL;
-	size_t len;
-	int r;
-
-	if (s->h == CK_INVALID_HANDLE)
-		r = session_open(k->token, s, f);
-	else
-		r = token_login(k->token, s, f);
-	if (r < 0)
-		return r;
-	r = key_handle(k, s, &obj, f);
-	if (r < 0)
-		return r;
-	r = key_read_type(k, s, obj, f);
-	if (r < 0)
-		return r;
-	r = get_attr_alloc(fl, s->h, obj, CKA_ID, &k->obj_id, &k->obj_id_len, f);
-	if (r < 0)
-		return r;
-	r = get_attr_alloc(fl, s->h, obj, CKA_LABEL, &label, &len, f);
-	if (r < 0)
-		return r;
-	k->obj_label = (char *)label; /* get_attr_alloc NUL-terminates */
-	return 0;
-}
-
-static void key_setup_log(const struct token_key *k, int r, const struct p11_fail *f)
-{
-	if (r == PS_E_NOT_FOUND)
-		log_error("key %s: no such private key on the token%s", k->name,
-			  k->token->pin ? "" : " (no pin-source given, so not logged in)");
-	else if (r == PS_E_CONFIG)
-		log_error("key %s: the uri matches more than one private key; add object= or id=",
-			  k->name);
-	else if (r == PS_E_UNSUPPORTED)
-		log_error("key %s: neither an RSA nor an EC key", k->name);
-	else if (r == PS_E_PIN && f->call)
-		log_error("key %s: the token refused the PIN: " FAIL_FMT " (not retried)", k->name,
-			  FAIL_ARGS(*f));
-	else if (r == PS_E_PIN)
-		log_error("key %s: the token refused the PIN before; not trying again", k->name);
-	else if (f->call)
-		log_error("key %s: " FAIL_FMT, k->name, FAIL_ARGS(*f));
-}
-
-/* The set's token uri names, its PIN read. */
-static int set_token_for(struct token_set *set, const struct key_uri *uri, struct token **ret)
-{
-	char label[33] = "";
-	CK_SLOT_ID slot = 0;
-	struct module *m;
-	struct token *t;
-	int r;
-
-	r = set_module(set, uri->module_path, &m);
-	if (r < 0)
-		return r;
-	r = slot_find(m, uri, &slot, label);
-	if (r < 0)
-		return r;
-	r = set_token(set, m, slot, label, &t);
-	if (r < 0)
-		return r;
-	r = token_read_pin(t, uri->pin_file);
-	if (r < 0)
-		return r;
-	*ret = t;
-	return 0;
-}
-
-int token_set_add_key(struct token_set *set, const struct key_uri *uri, struct token_key **ret)
-{
-	struct p11_fail f = { 0 };
-	struct token_key *k;
-	struct session *s;
-	struct token *t;
-	int r;
-
-	r = set_token_for(set, uri, &t);
-	if (r < 0)
-		return r;
-	r = key_new(t, uri, &k);
-	if (r < 0)
-		return r;
-	s = session_take(t);
-	r = key_setup(k, s, &f);
-	session_give(t, s);
-	if (r < 0) {
-		key_setup_log(k, r, &f);
-		key_free(k);
-		return r == PS_E_CONFIG ? PS_E_TOKEN : r;
-	}
-	k->next = set->keys;
-	set->keys = k;
-	*ret = k;
-	return 0;
-}
-
-void token_set_free(struct token_set *set)
-{
-	if (!set)
-		return;
-	while (set->keys) {
-		struct token_key *k = set->keys;
-
-		set->keys = k->next;
-		key_free(k);
-	}
-	while (set->tokens) {
-		struct token *t = set->tokens;
-
-		set->tokens = t->next;
-		token_free(t);
-	}
-	for (size_t i = 0; i < set->n_modules; i++)
-		module_release(set->modules[i]);
-	free(set->modules);
-	free(set);
+	return r == PS_E_CONFIG || r == PS_E_PIN ? PS_E_TOKEN : r;
 }
