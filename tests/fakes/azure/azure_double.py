@@ -244,7 +244,7 @@ def signed_by(leaf_der, ca_der):
     if rc == 0 and out.strip().endswith('OK'):
         return None
     text = ' '.join((out + ' ' + err).split())
-    m = re.search(r'error \d+ at \d+ depth lookup: ([^:]+)', text)
+    m = re.search(r'error \d+ at \d+ depth lookup: (.+?)(?: error |$)', text)
     return m.group(1).strip() if m else (text or 'openssl verify failed')
 
 
@@ -533,6 +533,8 @@ class AzureDouble:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name='azure-double', daemon=True)
         self.thread.start()
+        with self.lock:
+            self._save_state()
         return self
 
     def stop(self):
