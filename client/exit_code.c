@@ -51,6 +51,27 @@ int exit_code_for_daemon_error(const struct daemon_error *e)
 	return PS_EXIT_INTERNAL;
 }
 
+int exit_code_for_azure_error(const struct azure_error *e)
+{
+	switch (e->failure) {
+	case AZURE_FAILURE_REFUSED:
+		return PS_EXIT_AZURE_REFUSED;
+	case AZURE_FAILURE_UNREACHABLE:
+		return PS_EXIT_AZURE_UNREACHABLE;
+	case AZURE_FAILURE_UNAUTHENTICATED:
+		return PS_EXIT_AZURE_UNAUTHENTICATED;
+	case AZURE_FAILURE_MISMATCH:
+		return PS_EXIT_THUMBPRINT_MISMATCH;
+	case AZURE_FAILURE_INPUT:
+		return PS_EXIT_USAGE;
+	case AZURE_FAILURE_MALFORMED:
+	case AZURE_FAILURE_INTERNAL:
+	case AZURE_FAILURE_NONE:
+		break;
+	}
+	return PS_EXIT_INTERNAL;
+}
+
 int exit_code_for_token_error(int err)
 {
 	return err == PS_E_NOMEM ? PS_EXIT_INTERNAL : PS_EXIT_AUTH;

@@ -1,11 +1,12 @@
 /* The exit codes of popsign: one fixed table, printed by `popsign --help`.
  *
  * Scripts depend on these numbers: never renumber or reorder them, only
- * append.  Codes 8 to 11 are reserved for the Azure commands (dps, iothub)
- * and are not returned yet. */
+ * append.  Codes 8 to 11 come from the Azure commands (dps, iothub); those
+ * commands return the popsignd codes 3 to 6 for popsignd's failures. */
 #ifndef POPSIGN_EXIT_CODE_H
 #define POPSIGN_EXIT_CODE_H
 
+#include "azure_error.h"
 #include "daemon_api.h"
 
 /* X(name, value, description shown by --help) */
@@ -20,11 +21,14 @@
 	  "bad input: invalid key or code, unknown key (HTTP 400/404/405/413/415)")        \
 	X(PS_EXIT_DAEMON, 6, "popsignd failed (HTTP 5xx) or sent a malformed answer")          \
 	X(PS_EXIT_OUTPUT, 7, "output error: cannot write the file or standard output")         \
-	X(PS_EXIT_AZURE_REFUSED, 8, "Azure refused the request (reserved)")                    \
-	X(PS_EXIT_AZURE_UNREACHABLE, 9, "Azure unreachable (reserved)")                        \
-	X(PS_EXIT_AZURE_UNAUTHENTICATED, 10, "not authenticated to Azure (reserved)")          \
+	X(PS_EXIT_AZURE_REFUSED, 8,                                                            \
+	  "Azure refused: HTTP 4xx but 401/403/429, or the verification failed")              \
+	X(PS_EXIT_AZURE_UNREACHABLE, 9,                                                        \
+	  "Azure unreachable: no connection, timeout, or 5xx/429 after 3 tries")               \
+	X(PS_EXIT_AZURE_UNAUTHENTICATED, 10,                                                   \
+	  "not authenticated to Azure: no credentials, Azure AD said no, 401/403")             \
 	X(PS_EXIT_THUMBPRINT_MISMATCH, 11,                                                     \
-	  "the Azure certificate is not the key's CA certificate (reserved)")
+	  "the certificate in Azure is not the key's CA certificate: nothing signed")
 
 enum ps_exit {
 #define PS_EXIT_ENUM(name, value, text) name = (value),
@@ -44,6 +48,14 @@ int exit_code_for_status(long status);
  * e->status for DAEMON_FAILURE_STATUS).  PS_EXIT_INTERNAL for
  * DAEMON_FAILURE_NONE: a caller that got here has a failure to report. */
 int exit_code_for_daemon_error(const struct daemon_error *e);
+
+/* The exit code for a failed Azure operation, from e->failure:
+ * AZURE_FAILURE_REFUSED PS_EXIT_AZURE_REFUSED, _UNREACHABLE
+ * PS_EXIT_AZURE_UNREACHABLE, _UNAUTHENTICATED PS_EXIT_AZURE_UNAUTHENTICATED,
+ * _MISMATCH PS_EXIT_THUMBPRINT_MISMATCH, _INPUT PS_EXIT_USAGE; an answer
+ * Azure's API does not document (_MALFORMED), _INTERNAL and _NONE are
+ * PS_EXIT_INTERNAL. */
+int exit_code_for_azure_error(const struct azure_error *e);
 
 /* The exit code for a failure to read the bearer token file (an error from
  * secret_read_file() or bearer_token_valid()): PS_EXIT_AUTH, or

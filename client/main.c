@@ -1,10 +1,12 @@
-/* popsign: the command-line client of popsignd.
+/* popsign: the command-line client of popsignd, and of the DPS and IoT Hub
+ * certificate APIs for proof of possession.
  *
  *   popsign [--url URL] [--token-file FILE] [--json] COMMAND [ARGUMENTS]
  *
  * Options go before or after the command.  Each command says which of the
  * command options it takes; the exit codes are the one table in
- * exit_code.h, printed by --help. */
+ * exit_code.h, printed by --help.  The Azure commands (dps, iothub) live
+ * in azure_cmd.c. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
@@ -18,7 +20,9 @@
 
 #include <openssl/crypto.h>
 
+#include "azure_cmd.h"
 #include "bearer.h"
+#include "cli.h"
 #include "code.h"
 #include "daemon_api.h"
 #include "error.h"
@@ -27,8 +31,8 @@
 #include "secret.h"
 #include "transport.h"
 #include "util.h"
+#include "wipe.h"
 
-#define ENV_URL "POPSIGN_URL"
 #define POSITIONAL_MAX 8
 
 enum option_id {
@@ -57,6 +61,7 @@ struct options {
 	unsigned given;         /* GIVEN_* */
 	char *args[POSITIONAL_MAX]; /* the command and its arguments */
 	size_t n_args;
+	struct azure_options az;    /* dps, iothub */
 };
 
 struct command {
@@ -65,6 +70,7 @@ struct command {
 	size_t min_args, max_args; /* after the command's name */
 	unsigned options;          /* GIVEN_* it accepts */
 	bool needs_daemon;
+	bool azure;                /* takes the Azure options */
 };
 
 static const char usage_text[] =
@@ -81,10 +87,11 @@ static const char usage_text[] =
 	"  token-new              make a new bearer token, write it to the token file\n"
 	"                         (mode 0600) and print the token_sha256 line for\n"
 	"                         popsignd.conf\n"
+	"  dps ACTION, iothub ACTION  DPS and IoT Hub certificates: see below\n"
 	"  help                   show this help\n"
 	"\n"
 	"Options, before or after the command:\n"
-	"  --url URL              popsignd's address (default: $" ENV_URL ", else\n"
+	"  --url URL              popsignd's address (default: $" CLI_ENV_URL ", else\n"
 	"                         " DAEMON_API_DEFAULT_URL "); only http:// for now\n"
 	"  --token-file FILE      the bearer token (default: $" BEARER_ENV_FILE ", else\n"
 	"                         $XDG_CONFIG_HOME/popsign/token or\n"
@@ -98,50 +105,16 @@ static const char usage_text[] =
 	"  --force                token-new: replace an existing file\n"
 	"  -h, --help             show this help\n"
 	"  -V, --version          show the version\n"
-	"\n"
-	"Exit status:\n";
+	"\n";
 
 static void print_usage(FILE *f)
 {
 	fputs(usage_text, f);
+	fputs(azure_usage_text, f);
+	fputs("\nExit status:\n", f);
 #define PS_EXIT_LINE(name, value, text) fprintf(f, "  %2d  %s\n", value, text);
 	EXIT_CODE_TABLE(PS_EXIT_LINE)
 #undef PS_EXIT_LINE
-}
-
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *fmt, ...)
-{
-	char line[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	output_errorf("%s", line);
-	fputs("Try 'popsign --help'.\n", stderr);
-	return PS_EXIT_USAGE;
-}
-
-/* Reports a failed popsignd call and returns its exit code. */
-static int daemon_failed(const struct daemon_error *e, const char *token_path)
-{
-	output_daemon_error(stderr, e);
-	if (e->failure == DAEMON_FAILURE_STATUS && e->status == 401 && token_path)
-		output_errorf("the token in %s is not one popsignd knows: compare its "
-			      "token_sha256 with popsignd's configuration",
-			      token_path);
-	return exit_code_for_daemon_error(e);
-}
-
-static int output_failed(int r, const char *what)
-{
-	if (r == PS_E_NOMEM)
-		output_errorf("out of memory");
-	else
-		output_errorf("cannot write %s: %s", what, strerror(errno));
-	return exit_code_for_output_error(r);
 }
 
 /* Writes data to o->output, or to standard output without one. */
@@ -151,84 +124,15 @@ static int emit(const struct options *o, const void *data, size_t len)
 
 	if (!o->output || strcmp(o->output, "-") == 0) {
 		r = output_write_stdout(data, len);
-		return r < 0 ? output_failed(r, "to standard output") : PS_EXIT_OK;
+		return r < 0 ? cli_output_failed(r, "to standard output") : PS_EXIT_OK;
 	}
 	r = output_write_file(o->output, data, len, output_default_mode(), OUTPUT_REPLACE);
-	return r < 0 ? output_failed(r, o->output) : PS_EXIT_OK;
+	return r < 0 ? cli_output_failed(r, o->output) : PS_EXIT_OK;
 }
 
 static bool writes_file(const struct options *o)
 {
 	return o->output && strcmp(o->output, "-") != 0;
-}
-
-static int token_failed(int r, const char *path)
-{
-	struct stat st;
-
-	if (r == PS_E_NOT_FOUND)
-		output_errorf("no token file at %s: make one with 'popsign token-new', or "
-			      "name one with --token-file or $" BEARER_ENV_FILE,
-			      path);
-	else if (r == PS_E_PERMISSIONS && stat(path, &st) == 0 && (st.st_mode & 077))
-		output_errorf("%s is accessible by group or others, so it is not used: "
-			      "run 'chmod 600 %s'",
-			      path, path);
-	else if (r == PS_E_PERMISSIONS)
-		output_errorf("cannot read the token file %s: permission denied", path);
-	else if (r == PS_E_TOO_LARGE)
-		output_errorf("%s is larger than %d bytes: not a token file", path,
-			      SECRET_MAX_SIZE);
-	else if (r == PS_E_INVALID_REQUEST)
-		output_errorf("%s is not a usable token file: empty, not a regular file, or "
-			      "not a bearer token (at most %d of A-Z a-z 0-9 - . _ ~ + /, "
-			      "then '=' padding)",
-			      path, BEARER_TOKEN_MAX);
-	else
-		output_errorf("cannot read the token file %s: %s", path, ps_strerror(r));
-	return exit_code_for_token_error(r);
-}
-
-/* Reads the token file and opens the API: PS_EXIT_OK and both, or an exit
- * code after reporting why not. */
-static int session_open(const struct options *o, char **ret_path, struct secret **ret_token,
-			struct daemon_api **ret_api)
-{
-	struct daemon_error err = {0};
-	struct secret *token = NULL;
-	char *path = NULL;
-	int r;
-
-	r = bearer_resolve_path(o->token_file, &path, NULL);
-	if (r < 0) {
-		output_errorf("no home directory for the default token file: use --token-file");
-		return exit_code_for_token_error(r);
-	}
-	r = secret_read_file(path, &token);
-	if (r == 0 && !bearer_token_valid(token->data, token->len))
-		r = PS_E_INVALID_REQUEST;
-	if (r < 0) {
-		r = token_failed(r, path);
-		goto fail;
-	}
-	if (daemon_api_new(o->url, token, ret_api, &err) < 0) {
-		r = daemon_failed(&err, NULL);
-		goto fail;
-	}
-	*ret_path = path;
-	*ret_token = token;
-	return PS_EXIT_OK;
-fail:
-	secret_free(token);
-	free(path);
-	return r;
-}
-
-static void session_close(char *path, struct secret *token, struct daemon_api *api)
-{
-	daemon_api_free(api);
-	secret_free(token);
-	free(path);
 }
 
 static int keys_print(const struct options *o, json_t *doc)
@@ -238,32 +142,30 @@ static int keys_print(const struct options *o, json_t *doc)
 
 	if (!o->json) {
 		r = output_keys_table(stdout, json_object_get(doc, "keys"));
-		return r < 0 ? output_failed(r, "to standard output") : PS_EXIT_OK;
+		return r < 0 ? cli_output_failed(r, "to standard output") : PS_EXIT_OK;
 	}
 	r = output_json_text(doc, &text);
 	if (r < 0)
-		return output_failed(r, "JSON");
+		return cli_output_failed(r, "JSON");
 	return emit(o, text, strlen(text));
 }
 
 static int run_keys(const struct options *o)
 {
 	struct daemon_error err = {0};
-	struct daemon_api *api = NULL;
-	struct secret *token = NULL;
-	char *path = NULL;
+	struct cli_session s = {0};
 	json_t *doc = NULL;
 	int r;
 
-	r = session_open(o, &path, &token, &api);
+	r = cli_session_open(o->url, o->token_file, &s);
 	if (r != PS_EXIT_OK)
 		return r;
-	if (daemon_api_keys(api, &doc, &err) < 0)
-		r = daemon_failed(&err, path);
+	if (daemon_api_keys(s.api, &doc, &err) < 0)
+		r = cli_daemon_failed(&s, &err);
 	else
 		r = keys_print(o, doc);
 	json_decref(doc);
-	session_close(path, token, api);
+	cli_session_close(&s);
 	return r;
 }
 
@@ -271,24 +173,23 @@ static int run_ca_cert(const struct options *o)
 {
 	const char *key = o->args[1];
 	struct daemon_error err = {0};
-	struct daemon_api *api = NULL;
-	struct secret *token = NULL;
-	char *path = NULL, *pem = NULL;
+	struct cli_session s = {0};
+	char *pem = NULL;
 	int r;
 
 	if (daemon_check_key(key, &err) < 0)
-		return daemon_failed(&err, NULL);
-	r = session_open(o, &path, &token, &api);
+		return cli_daemon_failed(NULL, &err);
+	r = cli_session_open(o->url, o->token_file, &s);
 	if (r != PS_EXIT_OK)
 		return r;
-	if (daemon_api_ca_cert(api, key, &pem, &err) < 0)
-		r = daemon_failed(&err, path);
+	if (daemon_api_ca_cert(s.api, key, &pem, &err) < 0)
+		r = cli_daemon_failed(&s, &err);
 	else
 		r = emit(o, pem, strlen(pem));
 	if (r == PS_EXIT_OK && writes_file(o))
 		fprintf(stderr, "wrote the CA certificate of %s to %s\n", key, o->output);
 	free(pem);
-	session_close(path, token, api);
+	cli_session_close(&s);
 	return r;
 }
 
@@ -302,7 +203,7 @@ static int sign_emit(const struct options *o, const struct daemon_verification *
 
 	if (o->json) {
 		r = output_json_text(v->doc, &json);
-		return r < 0 ? output_failed(r, "JSON") : emit(o, json, strlen(json));
+		return r < 0 ? cli_output_failed(r, "JSON") : emit(o, json, strlen(json));
 	}
 	if (!o->der)
 		return emit(o, v->certificate, strlen(v->certificate));
@@ -321,28 +222,26 @@ static int run_sign(const struct options *o)
 	const char *key = o->args[1], *code = o->args[2];
 	struct daemon_verification *v = NULL;
 	struct daemon_error err = {0};
-	struct daemon_api *api = NULL;
-	struct secret *token = NULL;
-	char *path = NULL;
+	struct cli_session s = {0};
 	int r;
 
 	if (o->der && o->json)
-		return usage_error("--der and --json exclude each other");
+		return cli_usage_error("--der and --json exclude each other");
 	if (o->der && !writes_file(o) && isatty(STDOUT_FILENO))
-		return usage_error("not writing DER to a terminal: use -o FILE");
+		return cli_usage_error("not writing DER to a terminal: use -o FILE");
 	if (daemon_check_sign_input(key, code, NULL, &err) < 0)
-		return daemon_failed(&err, NULL);
-	r = session_open(o, &path, &token, &api);
+		return cli_daemon_failed(NULL, &err);
+	r = cli_session_open(o->url, o->token_file, &s);
 	if (r != PS_EXIT_OK)
 		return r;
-	if (daemon_api_sign(api, key, code, NULL, &v, &err) < 0)
-		r = daemon_failed(&err, path);
+	if (daemon_api_sign(s.api, key, code, NULL, &v, &err) < 0)
+		r = cli_daemon_failed(&s, &err);
 	else
 		r = sign_emit(o, v);
 	if (r == PS_EXIT_OK && writes_file(o))
 		fprintf(stderr, "wrote verification certificate for CN=%s to %s\n", code, o->output);
 	daemon_verification_free(v);
-	session_close(path, token, api);
+	cli_session_close(&s);
 	return r;
 }
 
@@ -354,7 +253,7 @@ static int token_write(const struct options *o, const char *path, bool is_defaul
 	int r;
 
 	if (is_default && bearer_make_parent_dirs(path) < 0)
-		return output_failed(PS_E_IO, path);
+		return cli_output_failed(PS_E_IO, path);
 	snprintf(line, sizeof(line), "%s\n", token);
 	r = output_write_file(path, line, strlen(line), 0600, o->force ? OUTPUT_REPLACE : 0);
 	OPENSSL_cleanse(line, sizeof(line));
@@ -364,7 +263,7 @@ static int token_write(const struct options *o, const char *path, bool is_defaul
 			      path);
 		return PS_EXIT_OUTPUT;
 	}
-	return r < 0 ? output_failed(r, path) : PS_EXIT_OK;
+	return r < 0 ? cli_output_failed(r, path) : PS_EXIT_OK;
 }
 
 static int run_token_new(const struct options *o)
@@ -375,7 +274,7 @@ static int run_token_new(const struct options *o)
 	int r;
 
 	if (o->output && strcmp(o->output, "-") == 0)
-		return usage_error("the token is never written to standard output");
+		return cli_usage_error("the token is never written to standard output");
 	r = o->output ? ((path = strdup(o->output)) ? 0 : PS_E_NOMEM)
 		      : bearer_resolve_path(o->token_file, &path, &is_default);
 	if (r < 0) {
@@ -392,15 +291,42 @@ static int run_token_new(const struct options *o)
 		return r;
 	fprintf(stderr, "wrote a new token to %s\n", path);
 	if (printf("token_sha256 = %s\n", hash) < 0 || fflush(stdout) != 0)
-		return output_failed(PS_E_IO, "to standard output");
+		return cli_output_failed(PS_E_IO, "to standard output");
 	return PS_EXIT_OK;
 }
 
+static int run_azure(const struct options *o, enum arm_service service)
+{
+	struct azure_command c = {
+		.service = service,
+		.action = o->args[1],
+		.opt = &o->az,
+		.daemon_url = o->url,
+		.token_file = o->token_file,
+		.json = o->json,
+	};
+
+	return azure_command_run(&c);
+}
+
+static int run_dps(const struct options *o)
+{
+	return run_azure(o, ARM_SERVICE_DPS);
+}
+
+static int run_iothub(const struct options *o)
+{
+	return run_azure(o, ARM_SERVICE_IOTHUB);
+}
+
 static const struct command commands[] = {
-	{"keys", run_keys, 0, 0, 0, true},
-	{"ca-cert", run_ca_cert, 1, 1, GIVEN_OUTPUT, true},
-	{"sign", run_sign, 2, 2, GIVEN_OUTPUT | GIVEN_DER, true},
-	{"token-new", run_token_new, 0, 0, GIVEN_OUTPUT | GIVEN_FORCE, false},
+	{"keys", run_keys, 0, 0, 0, true, false},
+	{"ca-cert", run_ca_cert, 1, 1, GIVEN_OUTPUT, true, false},
+	{"sign", run_sign, 2, 2, GIVEN_OUTPUT | GIVEN_DER, true, false},
+	{"token-new", run_token_new, 0, 0, GIVEN_OUTPUT | GIVEN_FORCE, false, false},
+	/* These settle popsignd's URL themselves, and only when they need it. */
+	{"dps", run_dps, 1, 1, 0, false, true},
+	{"iothub", run_iothub, 1, 1, 0, false, true},
 };
 
 static const struct option long_options[] = {
@@ -412,6 +338,7 @@ static const struct option long_options[] = {
 	{"force", no_argument, NULL, OPT_FORCE},
 	{"help", no_argument, NULL, OPT_HELP},
 	{"version", no_argument, NULL, OPT_VERSION},
+	AZURE_LONG_OPTIONS,
 	{NULL, 0, NULL, 0},
 };
 
@@ -421,7 +348,7 @@ static int take_option(struct options *o, int c, char *arg)
 	switch (c) {
 	case 1:
 		if (o->n_args == POSITIONAL_MAX)
-			return usage_error("too many arguments");
+			return cli_usage_error("too many arguments");
 		o->args[o->n_args++] = arg;
 		return PS_EXIT_OK;
 	case OPT_URL:
@@ -452,7 +379,7 @@ static int take_option(struct options *o, int c, char *arg)
 		o->version = true;
 		return PS_EXIT_OK;
 	}
-	return PS_EXIT_USAGE;
+	return azure_options_take(&o->az, c, arg) ? PS_EXIT_OK : PS_EXIT_USAGE;
 }
 
 /* Options anywhere: a leading '-' in the option string hands each argument
@@ -465,11 +392,11 @@ static int parse_options(int argc, char **argv, struct options *o)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "-:ho:V", long_options, NULL)) != -1) {
 		if (c == '?' && optopt)
-			return usage_error("unknown option '-%c'", optopt);
+			return cli_usage_error("unknown option '-%c'", optopt);
 		if (c == '?')
-			return usage_error("unknown option '%s'", argv[optind - 1]);
+			return cli_usage_error("unknown option '%s'", argv[optind - 1]);
 		if (c == ':')
-			return usage_error("option '%s' needs a value", argv[optind - 1]);
+			return cli_usage_error("option '%s' needs a value", argv[optind - 1]);
 		r = take_option(o, c, optarg);
 		if (r != PS_EXIT_OK)
 			return r;
@@ -495,36 +422,21 @@ static const struct command *command_find(const char *name)
 static int command_check(const struct command *cmd, const struct options *o)
 {
 	static const char *const names[] = {"-o/--output", "--der", "--force"};
+	const char *azure_option = azure_options_first_given(&o->az);
 	size_t n = o->n_args - 1;
 
 	for (size_t i = 0; i < ELEMENTSOF(names); i++)
 		if ((o->given & ~cmd->options) & (1u << i))
-			return usage_error("%s does not apply to '%s'", names[i], cmd->name);
+			return cli_usage_error("%s does not apply to '%s'", names[i], cmd->name);
+	if (azure_option && !cmd->azure)
+		return cli_usage_error("%s does not apply to '%s'", azure_option, cmd->name);
+	if (n < cmd->min_args && cmd->azure)
+		return cli_usage_error("'%s' needs an action: verify, upload, show, list or delete",
+				       cmd->name);
 	if (n < cmd->min_args)
-		return usage_error("'%s' needs more arguments", cmd->name);
+		return cli_usage_error("'%s' needs more arguments", cmd->name);
 	if (n > cmd->max_args)
-		return usage_error("too many arguments for '%s'", cmd->name);
-	return PS_EXIT_OK;
-}
-
-/* Settles o->url: --url, else $POPSIGN_URL, else the default; checked. */
-static int resolve_url(struct options *o)
-{
-	const char *env = getenv(ENV_URL), *why = NULL;
-	char *base = NULL;
-	int r;
-
-	if (!o->url)
-		o->url = env && env[0] ? env : DAEMON_API_DEFAULT_URL;
-	r = daemon_api_url_check(o->url, &base, &why);
-	free(base);
-	if (r == PS_E_INVALID_REQUEST)
-		return usage_error("invalid %s: %s", env && o->url == env ? "$" ENV_URL : "--url",
-				   why);
-	if (r < 0) {
-		output_errorf("out of memory");
-		return PS_EXIT_INTERNAL;
-	}
+		return cli_usage_error("too many arguments for '%s'", cmd->name);
 	return PS_EXIT_OK;
 }
 
@@ -547,10 +459,10 @@ static int dispatch(struct options *o)
 	}
 	cmd = command_find(o->args[0]);
 	if (!cmd)
-		return usage_error("unknown command '%s'", o->args[0]);
+		return cli_usage_error("unknown command '%s'", o->args[0]);
 	r = command_check(cmd, o);
 	if (r == PS_EXIT_OK && cmd->needs_daemon)
-		r = resolve_url(o);
+		r = cli_resolve_url(o->url, &o->url);
 	if (r != PS_EXIT_OK)
 		return r;
 	return cmd->run(o);
@@ -566,6 +478,8 @@ int main(int argc, char **argv)
 	r = parse_options(argc, argv, &o);
 	if (r != PS_EXIT_OK)
 		return r;
+	/* Before any JSON exists: access tokens pass through jansson. */
+	wipe_setup_json();
 	if (transport_global_init() < 0) {
 		output_errorf("cannot initialise libcurl");
 		return PS_EXIT_INTERNAL;

@@ -90,7 +90,7 @@ void output_daemon_error(FILE *f, const struct daemon_error *e)
 		fprintf(f, "popsign: %s\n", m);
 }
 
-#define TABLE_COLUMNS 5
+#define KEYS_COLUMNS 5
 
 /* Characters, not bytes: cells are valid UTF-8 once made printable. */
 static size_t text_width(const char *s)
@@ -102,87 +102,82 @@ static size_t text_width(const char *s)
 	return n;
 }
 
-static void table_free(char **cells, size_t rows)
+static void cells_free(char **cells, size_t n)
 {
 	if (!cells)
 		return;
-	for (size_t i = 0; i < rows * TABLE_COLUMNS; i++)
+	for (size_t i = 0; i < n; i++)
 		free(cells[i]);
 	free(cells);
 }
 
-/* Fills the cells of row from the strings in text. */
-static int table_row(char **row, const char *const text[TABLE_COLUMNS])
+static void table_print(FILE *f, char **cells, size_t rows, size_t cols)
 {
-	for (size_t c = 0; c < TABLE_COLUMNS; c++) {
-		row[c] = output_printable(text[c]);
-		if (!row[c])
-			return PS_E_NOMEM;
-	}
-	return 0;
-}
+	size_t *width = calloc(cols, sizeof(*width)), w;
 
-static int table_fill(json_t *keys, char **cells)
-{
-	static const char *const header[TABLE_COLUMNS] = {"NAME", "ALGORITHM", "SUBJECT",
-							   "SHA1-THUMBPRINT", "EXPIRES"};
-	struct daemon_key_info k = {0};
-	json_t *entry;
-	size_t i;
-	int r;
-
-	r = table_row(cells, header);
-	json_array_foreach(keys, i, entry) {
-		if (r < 0)
-			break;
-		r = daemon_key_info_parse(entry, &k);
-		if (r == 0)
-			r = table_row(cells + (i + 1) * TABLE_COLUMNS,
-				      (const char *const[TABLE_COLUMNS]){k.name, k.algorithm, k.subject,
-									 k.sha1_thumbprint, k.not_after});
-	}
-	return r;
-}
-
-static void table_print(FILE *f, char **cells, size_t rows)
-{
-	size_t width[TABLE_COLUMNS] = {0}, w;
-
-	for (size_t i = 0; i < rows * TABLE_COLUMNS; i++) {
+	for (size_t i = 0; width && i < rows * cols; i++) {
 		w = text_width(cells[i]);
-		if (w > width[i % TABLE_COLUMNS])
-			width[i % TABLE_COLUMNS] = w;
+		if (w > width[i % cols])
+			width[i % cols] = w;
 	}
-	for (size_t row = 0; row < rows; row++)
-		for (size_t c = 0; c < TABLE_COLUMNS; c++) {
-			const char *cell = cells[row * TABLE_COLUMNS + c];
+	for (size_t row = 0; width && row < rows; row++)
+		for (size_t c = 0; c < cols; c++) {
+			const char *cell = cells[row * cols + c];
 
 			fputs(cell, f);
-			if (c + 1 == TABLE_COLUMNS)
+			if (c + 1 == cols)
 				fputc('\n', f);
 			else
 				fprintf(f, "%*s", (int)(width[c] - text_width(cell) + 2), "");
 		}
+	free(width);
+}
+
+int output_table(FILE *f, const char *const *text, size_t rows, size_t cols)
+{
+	char **cells = calloc(rows * cols, sizeof(*cells));
+	int r = cells ? 0 : PS_E_NOMEM;
+
+	for (size_t i = 0; r == 0 && i < rows * cols; i++)
+		if (!(cells[i] = output_printable(text[i])))
+			r = PS_E_NOMEM;
+	if (r == 0) {
+		table_print(f, cells, rows, cols);
+		r = fflush(f) == 0 && !ferror(f) ? 0 : PS_E_IO;
+	}
+	cells_free(cells, rows * cols);
+	return r;
 }
 
 int output_keys_table(FILE *f, json_t *keys)
 {
-	size_t rows;
-	char **cells;
-	int r;
+	static const char *const header[KEYS_COLUMNS] = {"NAME", "ALGORITHM", "SUBJECT",
+							  "SHA1-THUMBPRINT", "EXPIRES"};
+	struct daemon_key_info k = {0};
+	const char **text;
+	json_t *entry;
+	size_t i, rows;
+	int r = 0;
 
 	if (!json_is_array(keys))
 		return PS_E_INVALID_REQUEST;
 	rows = json_array_size(keys) + 1;
-	cells = calloc(rows * TABLE_COLUMNS, sizeof(*cells));
-	if (!cells)
+	text = calloc(rows * KEYS_COLUMNS, sizeof(*text));
+	if (!text)
 		return PS_E_NOMEM;
-	r = table_fill(keys, cells);
-	if (r == 0) {
-		table_print(f, cells, rows);
-		r = fflush(f) == 0 && !ferror(f) ? 0 : PS_E_IO;
+	memcpy(text, header, sizeof(header));
+	json_array_foreach(keys, i, entry) {
+		r = daemon_key_info_parse(entry, &k);
+		if (r < 0)
+			break;
+		memcpy(text + (i + 1) * KEYS_COLUMNS,
+		       (const char *[KEYS_COLUMNS]){k.name, k.algorithm, k.subject, k.sha1_thumbprint,
+						    k.not_after},
+		       sizeof(header));
 	}
-	table_free(cells, rows);
+	if (r == 0)
+		r = output_table(f, text, rows, KEYS_COLUMNS);
+	free(text);
 	return r;
 }
 

@@ -34,6 +34,12 @@ void output_daemon_error(FILE *f, const struct daemon_error *e);
  * PS_E_NOMEM, or PS_E_IO if writing to f failed. */
 int output_keys_table(FILE *f, json_t *keys);
 
+/* Prints a table of rows rows of cols cells each (row-major, the first row
+ * the header): cells made printable, columns padded to their widest cell
+ * (counting UTF-8 characters) and two spaces apart.  Returns 0, PS_E_NOMEM
+ * (nothing printed), or PS_E_IO if writing to f failed. */
+int output_table(FILE *f, const char *const *cells, size_t rows, size_t cols);
+
 /* doc as JSON indented by two spaces, with a final newline.  Returns 0 and
  * *ret (free()), or PS_E_NOMEM. */
 int output_json_text(const json_t *doc, char **ret);

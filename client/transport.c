@@ -1,6 +1,5 @@
 #include "transport.h"
 
-#include <malloc.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,39 +10,11 @@
 
 #include "error.h"
 #include "util.h"
+#include "wipe.h"
 
 /* libcurl copies headers into buffers of its own and frees them without
- * wiping; freeing through these wipes every block first, so the bearer token
- * does not outlive the request in freed heap memory. */
-static void wipe_free(void *p)
-{
-	if (!p)
-		return;
-	OPENSSL_cleanse(p, malloc_usable_size(p));
-	free(p);
-}
-
-static void *wipe_realloc(void *p, size_t size)
-{
-	size_t old;
-	void *q;
-
-	if (!p)
-		return malloc(size);
-	if (size == 0) {
-		wipe_free(p);
-		return NULL;
-	}
-	/* realloc() may move the block and free the old one unwiped. */
-	q = malloc(size);
-	if (!q)
-		return NULL;
-	old = malloc_usable_size(p);
-	memcpy(q, p, old < size ? old : size);
-	wipe_free(p);
-	return q;
-}
-
+ * wiping; freeing through wipe_free() wipes every block first, so the bearer
+ * token does not outlive the request in freed heap memory. */
 int transport_global_init(void)
 {
 	if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, malloc, wipe_free, wipe_realloc, strdup,
@@ -61,8 +32,10 @@ void transport_response_clear(struct transport_response *r)
 {
 	if (!r)
 		return;
-	free(r->body);
+	/* The body may be an access token answer from Azure AD. */
+	wipe_free(r->body);
 	free(r->content_type);
+	free(r->retry_after);
 	*r = (struct transport_response){0};
 }
 
@@ -87,7 +60,8 @@ static size_t body_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 		cap = b->cap ? b->cap : 4096;
 		while (cap < b->len + n + 1)
 			cap *= 2;
-		d = realloc(b->data, cap);
+		/* Not realloc(): an access token must not stay in the old block. */
+		d = wipe_realloc(b->data, cap);
 		if (!d) {
 			b->nomem = true;
 			return 0;
@@ -154,6 +128,8 @@ static int headers_build(const struct transport_request *req, struct curl_slist 
 		r = headers_append(&list, "Content-Type:");
 	if (r == 0)
 		r = headers_append(&list, "Expect:");
+	for (size_t i = 0; r == 0 && req->headers && req->headers[i]; i++)
+		r = headers_append(&list, req->headers[i]);
 	if (r == 0 && req->bearer)
 		r = headers_append_bearer(&list, req->bearer);
 	if (r < 0) {
@@ -177,9 +153,17 @@ static int set_limits(CURL *h, const struct transport_request *req)
 	rc |= curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, req->protocols);
 	rc |= curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
 	rc |= curl_easy_setopt(h, CURLOPT_MAXREDIRS, 0L);
+	/* Explicit, though they are libcurl's defaults: no build or
+	 * environment may loosen them. */
+	rc |= curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+	rc |= curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+	rc |= curl_easy_setopt(h, CURLOPT_PROXY_SSL_VERIFYPEER, 1L);
+	rc |= curl_easy_setopt(h, CURLOPT_PROXY_SSL_VERIFYHOST, 2L);
 	/* An empty proxy overrides http_proxy and friends: the token goes
-	 * straight to the server named, never through a proxy. */
-	rc |= curl_easy_setopt(h, CURLOPT_PROXY, "");
+	 * straight to the server named, never through a proxy.  Left unset,
+	 * libcurl reads the proxy variables itself. */
+	if (!req->env_proxy)
+		rc |= curl_easy_setopt(h, CURLOPT_PROXY, "");
 	rc |= curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)req->max_response);
 	/* Paths go out as built: no squashing of "/../" in key names. */
 	rc |= curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
@@ -239,10 +223,22 @@ static int map_curl_error(CURL *h, CURLcode rc, const struct body *b)
 	}
 }
 
+/* A copy of the Retry-After header of the answer, or NULL without one. */
+static int take_retry_after(CURL *h, char **ret)
+{
+	struct curl_header *hdr = NULL;
+
+	*ret = NULL;
+	if (curl_easy_header(h, "Retry-After", 0, CURLH_HEADER, -1, &hdr) != CURLHE_OK || !hdr)
+		return 0;
+	*ret = strdup(hdr->value);
+	return *ret ? 0 : PS_E_NOMEM;
+}
+
 static int take_response(CURL *h, struct body *b, struct transport_response *ret)
 {
+	_cleanup_free_ char *ctcopy = NULL, *retry_after = NULL;
 	const char *ct = NULL;
-	char *ctcopy = NULL;
 	long status = 0;
 
 	if (curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
@@ -252,17 +248,18 @@ static int take_response(CURL *h, struct body *b, struct transport_response *ret
 		if (!ctcopy)
 			return PS_E_NOMEM;
 	}
+	if (take_retry_after(h, &retry_after) < 0)
+		return PS_E_NOMEM;
 	if (!b->data) {
 		b->data = calloc(1, 1);
-		if (!b->data) {
-			free(ctcopy);
+		if (!b->data)
 			return PS_E_NOMEM;
-		}
 	}
 	ret->status = status;
 	ret->body = TAKE_PTR(b->data);
 	ret->body_len = b->len;
-	ret->content_type = ctcopy;
+	ret->content_type = TAKE_PTR(ctcopy);
+	ret->retry_after = TAKE_PTR(retry_after);
 	return 0;
 }
 
@@ -305,6 +302,6 @@ int transport_perform(const struct transport_request *req, struct transport_resp
 out:
 	curl_easy_cleanup(h);
 	headers_free(headers);
-	free(b.data);
+	wipe_free(b.data);
 	return r;
 }

@@ -1,13 +1,19 @@
 /* HTTP requests over libcurl, shared by everything in the client that talks
- * to a server (popsignd now; Azure Resource Manager and Azure AD later).
+ * to a server: popsignd, Azure Resource Manager, Azure AD and the instance
+ * metadata endpoint.
  *
  * Every request has hard limits: a connect timeout, a total timeout, a
- * response size cap, an explicit protocol list, no redirects and no proxy.
- * Memory libcurl frees is wiped first, so copies it makes of a bearer token
- * (the Authorization header, its request buffer) do not linger in the heap. */
+ * response size cap, an explicit protocol list and no redirects.  TLS peer
+ * and host name verification are always on; nothing here can turn them off.
+ * Proxies are off unless the request asks for the environment's (only the
+ * Azure client does, and only for https:// URLs, where the proxy sees a
+ * CONNECT tunnel and never the token).  Memory libcurl frees is wiped first,
+ * so copies it makes of a bearer token (the Authorization header, its
+ * request buffer) do not linger in the heap. */
 #ifndef POPSIGN_TRANSPORT_H
 #define POPSIGN_TRANSPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "secret.h"
@@ -23,7 +29,10 @@ struct transport_request {
 	const char *body;            /* request body, or NULL for none */
 	size_t body_len;
 	const struct secret *bearer; /* sent as "Authorization: Bearer ...", or NULL */
+	const char *const *headers;  /* more "Name: value" lines, NULL-terminated, or NULL */
 	const char *protocols;       /* allowed schemes, e.g. "http" or "https" */
+	bool env_proxy;              /* honour https_proxy, all_proxy, no_proxy ...;
+				      * false: no proxy whatever the environment says */
 	long connect_timeout_s;      /* > 0 */
 	long timeout_s;              /* > 0, the whole transfer */
 	size_t max_response;         /* larger response bodies fail the request */
@@ -34,6 +43,7 @@ struct transport_response {
 	char *body;         /* NUL-terminated (the body itself may hold NULs) */
 	size_t body_len;
 	char *content_type; /* as the server sent it, or NULL */
+	char *retry_after;  /* the Retry-After header's value, or NULL */
 };
 
 /* Sets up libcurl with the wiping allocator.  Call once, before any other
