@@ -125,13 +125,18 @@ keep() { sed "s/^\([A-Z0-9]*\) /\1 round=$round /" | tee -a "$raw" >&2; }
 
 # wrk with n connections for $seconds against url.
 wrk_run() { # TARGET KEY CONNS URL SCRIPT-ARGS...
-	target=$1 key=$2 c=$3 url=$4
+	w_target=$1 w_key=$2 w_conns=$3 w_url=$4
 	shift 4
-	t=2
-	[ "$c" -ge 2 ] || t=1
-	line=$(wrk -t "$t" -c "$c" -d "${seconds}s" --timeout 5s -s "$bench/post.lua" "$url" -- "$@" |
-		grep '^WRK ') || die "wrk against $target failed"
-	echo "$line" | sed "s/^WRK /WRK target=$target key=$key conns=$c /" | keep
+	w_threads=2
+	[ "$w_conns" -ge 2 ] || w_threads=1
+	wrk -t "$w_threads" -c "$w_conns" -d "${seconds}s" --timeout 5s -s "$bench/post.lua" \
+		"$w_url" -- "$@" > "$work/wrk.out" 2>&1 || true
+	w_line=$(grep '^WRK ' "$work/wrk.out") || {
+		cat "$work/wrk.out" >&2
+		[ "$w_target" = cfssl ] || tail -n 20 "$work/popsignd.log" >&2
+		die "wrk against $w_target failed"
+	}
+	echo "$w_line" | sed "s/^WRK /WRK target=$w_target key=$w_key conns=$w_conns /" | keep
 }
 
 now() { date +%s.%N; }
@@ -196,14 +201,14 @@ measure_script() { # KEY
 
 # --- 4. cfssl serve with the CA key in a file -----------------------------------
 measure_cfssl() { # KEY
-	port=$(free_port)
-	cfssl serve -address 127.0.0.1 -port "$port" -ca "$work/cfssl-$1.pem" \
+	cfssl_port=$(free_port)
+	cfssl serve -address 127.0.0.1 -port "$cfssl_port" -ca "$work/cfssl-$1.pem" \
 		-ca-key "$work/cfssl-$1-key.pem" > "$work/cfssl.log" 2>&1 &
 	cfssl_pid=$!
-	wait_port "$port"
-	say "cfssl serve, $1, port $port"
+	wait_port "$cfssl_port"
+	say "cfssl serve, $1, port $cfssl_port"
 	for c in $conns; do
-		wrk_run cfssl "$1" "$c" "http://127.0.0.1:$port" cfssl "$work/cfssl-body.json"
+		wrk_run cfssl "$1" "$c" "http://127.0.0.1:$cfssl_port" cfssl "$work/cfssl-body.json"
 	done
 	kill "$cfssl_pid"
 	wait "$cfssl_pid" 2>/dev/null || true
@@ -216,7 +221,7 @@ measure_popsignd() { # KEY
 	say "popsignd, $1"
 	# Warm-up: sessions, caches and page faults are not measured.
 	saved=$seconds seconds=1
-	wrk_run warmup "$1" 4 "$url" popsign "$1" "$work/caller.token" 2>/dev/null
+	wrk_run warmup "$1" 4 "$url" popsign "$1" "$work/caller.token"
 	seconds=$saved
 	for c in $conns; do
 		wrk_run popsignd "$1" "$c" "$url" popsign "$1" "$work/caller.token"
