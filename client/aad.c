@@ -34,6 +34,7 @@
 #define FORM_TYPE "application/x-www-form-urlencoded"
 #define ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #define TENANT_MAX 256
+#define AAD_LIFETIME_MAX_S (365LL * 86400)
 
 struct aad {
 	enum aad_source source;
@@ -46,7 +47,7 @@ struct aad {
 	char *cert_path;    /* AAD_SOURCE_CLIENT_CERTIFICATE */
 	char *imds;         /* origin of the metadata endpoint */
 	struct secret *token;
-	int64_t refresh_at; /* CLOCK_MONOTONIC seconds */
+	int64_t refresh_at; /* mono_ms() */
 };
 
 static inline void json_decrefp_(json_t **j)
@@ -185,6 +186,8 @@ int aad_read_token_file(const char *path, struct secret **ret)
 		len--;
 	if (r == 0 && len > 0 && buf->data[len - 1] == '\r')
 		len--;
+	if (r == 0 && len > AAD_TOKEN_MAX)
+		r = PS_E_TOO_LARGE;
 	if (r == 0 && !aad_token_valid(buf->data, len))
 		r = PS_E_INVALID_REQUEST;
 	if (r == 0) {
@@ -508,12 +511,14 @@ const char *aad_describe(const struct aad *a)
 
 /* ---- getting a token ---- */
 
-static int64_t mono_now(void)
+/* CLOCK_MONOTONIC in milliseconds: lifetimes of a few seconds (tests) must
+ * not round to nothing. */
+static int64_t mono_ms(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec;
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* An x-www-form-urlencoded body built in memory that is wiped when freed:
@@ -669,7 +674,7 @@ static int acquire_imds(struct aad *a, json_t **ret_doc, struct aad_token_answer
 /* ---- the Azure CLI ---- */
 
 /* Reads the child's output until it closes it, the cap or the deadline
- * (CLOCK_MONOTONIC seconds).  Returns 0, PS_E_TOO_LARGE or PS_E_TIMEOUT. */
+ * (mono_ms()).  Returns 0, PS_E_TOO_LARGE or PS_E_TIMEOUT. */
 static int cli_read(int fd, char *buf, size_t cap, size_t *ret_len, int64_t deadline)
 {
 	struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -677,11 +682,11 @@ static int cli_read(int fd, char *buf, size_t cap, size_t *ret_len, int64_t dead
 	ssize_t n;
 
 	for (;;) {
-		int64_t left = deadline - mono_now();
+		int64_t left = deadline - mono_ms();
 
 		if (left <= 0)
 			return PS_E_TIMEOUT;
-		n = poll(&p, 1, (int)(left * 1000));
+		n = poll(&p, 1, (int)left);
 		if (n < 0 && errno != EINTR)
 			return PS_E_IO;
 		if (n <= 0)
@@ -744,7 +749,7 @@ static int cli_run(char *const argv[], struct secret **ret_out, int *ret_status)
 		aad_secret_free(out);
 		return r;
 	}
-	r = cli_read(fd, out->data, AAD_CLI_OUTPUT_MAX, &len, mono_now() + AAD_CLI_TIMEOUT_S);
+	r = cli_read(fd, out->data, AAD_CLI_OUTPUT_MAX, &len, mono_ms() + AAD_CLI_TIMEOUT_S * 1000);
 	close(fd);
 	if (r < 0)
 		kill(pid, SIGKILL); /* our own child, stuck or flooding */
@@ -814,17 +819,19 @@ static int acquire_cli(struct aad *a, json_t **ret_doc, struct aad_token_answer 
 static int keep(struct aad *a, const struct aad_token_answer *ans, struct azure_error *err)
 {
 	struct secret *t = aad_secret_new(ans->access_token, ans->len);
-	int64_t life = ans->expires_in, margin = life / 2;
+	/* A year is plenty; more would only risk overflow below. */
+	int64_t life = ans->expires_in < AAD_LIFETIME_MAX_S ? ans->expires_in : AAD_LIFETIME_MAX_S;
+	int64_t life_ms = (life > -AAD_LIFETIME_MAX_S ? life : 0) * 1000, margin_ms = life_ms / 2;
 
 	if (!t) {
 		azure_error_set(err, AZURE_FAILURE_INTERNAL, "out of memory");
 		return PS_E_NOMEM;
 	}
-	if (margin > AAD_REFRESH_MARGIN_S)
-		margin = AAD_REFRESH_MARGIN_S;
+	if (margin_ms > AAD_REFRESH_MARGIN_S * 1000)
+		margin_ms = AAD_REFRESH_MARGIN_S * 1000;
 	aad_secret_free(a->token);
 	a->token = t;
-	a->refresh_at = mono_now() + life - margin;
+	a->refresh_at = mono_ms() + life_ms - margin_ms;
 	return 0;
 }
 
@@ -866,7 +873,7 @@ int aad_token(struct aad *a, const struct secret **ret, struct azure_error *err)
 	struct aad_token_answer ans = {0};
 	int r;
 
-	if (a->token && (a->source == AAD_SOURCE_TOKEN_FILE || mono_now() < a->refresh_at)) {
+	if (a->token && (a->source == AAD_SOURCE_TOKEN_FILE || mono_ms() < a->refresh_at)) {
 		*ret = a->token;
 		return 0;
 	}

@@ -494,9 +494,10 @@ static int call(struct arm *arm, const struct arm_target *t, const struct arm_ca
 		resp = (struct transport_response){0};
 		return 0;
 	}
-	if (r == 0)
+	if (r == 0) {
 		(void)arm_error_from_answer(resp.status, resp.body, resp.body_len, err);
-	err->tries = tries;
+		err->tries = tries;
+	}
 	azure_error_prefix(err, "%s", c->what);
 	return r < 0 ? r : error_value(err);
 }
