@@ -311,8 +311,8 @@ profile() { # KEY
 	sleep 0.2
 	wrk_run profile "$1" 4 "$url" popsign "$1" "$work/caller.token"
 	wait "$perf_pid" || true
-	perf script -i "$work/perf.data" -F tid,ip,sym --inline 2>/dev/null |
-		python3 "$bench/profile.py" "$1" > "$build/profile-$1.md" || true
+	perf script -i "$work/perf.data" -F tid,ip,sym --inline 2>"$work/perf-script.err" |
+		python3 "$bench/profile.py" "$1" > "$build/profile-$1.md" || cat "$work/perf-script.err" >&2
 	perf report -i "$work/perf.data" --no-children --sort dso,symbol --percent-limit 0.5 \
 		--stdio -g none > "$build/perf-$1.txt" 2>/dev/null || true
 	cat "$build/profile-$1.md" >&2
