@@ -116,6 +116,7 @@ DEFAULT_CONFIG = {
     'token_lifetime': 3599,
     'etag_style': 'guid',
     'verify_check_time': True,
+    'keep_alive': True,
 }
 
 
@@ -513,6 +514,7 @@ class AzureDouble:
         self.registry.load(self.config)
         self.token_lifetime = int(self.config.get('token_lifetime', 3599))
         self.verify_check_time = bool(self.config.get('verify_check_time', True))
+        self.keep_alive = bool(self.config.get('keep_alive', True))
         self.etags = Etags(self.config.get('etag_style', 'guid'))
         self.certs = {}            # (sub, rg, service, parent, name) lower-cased but name -> Certificate
         self.tokens = {}           # token -> info
@@ -639,6 +641,18 @@ class AzureDouble:
                 self.verify_check_time = bool(config['verify_check_time'])
             if 'etag_style' in config:
                 self.etags.style = config['etag_style']
+            if 'keep_alive' in config:
+                self.keep_alive = bool(config['keep_alive'])
+
+    def reset(self):
+        """Forget certificates, faults, the log and queued codes; identities and tokens stay."""
+        with self.lock:
+            self.certs = {}
+            self.rules = []
+            self.log = []
+            self.next_codes = []
+            self.verified_upload_attempts = []
+            self._save_state()
 
     def seed_certificate(self, service, subscription, resource_group, parent, name, certificate, verified=False):
         """Put a certificate in place without a request (e.g. an already verified one)."""
@@ -820,7 +834,7 @@ def handle_arm(double, req):
         raise arm_error(400, 'MissingApiVersionParameter',
                         'The api-version query parameter (?api-version=) is required for all requests.')
     if not m:
-        raise arm_error(404, 'InvalidResourceType' if version else 'NotFound',
+        raise arm_error(404, 'InvalidResourceType',
                         "The resource type could not be found in the namespace 'Microsoft.Devices' for api "
                         "version '%s'." % version)
     sub, rg, kind, parent, name, action = (urllib.parse.unquote(g) if g else g for g in m.groups())
@@ -835,6 +849,10 @@ def handle_arm(double, req):
                         "No registered resource provider found for location 'westus' and API version '%s' for type "
                         "'%s'. The supported api-versions are '%s'. The supported locations are 'westus, eastus'." % (
                             version, SERVICES[service]['label'], ', '.join(sorted(versions))))
+    ctype = (req.header('Content-Type') or '').split(';')[0].strip().lower()
+    if req.body and ctype != 'application/json':
+        raise arm_error(415, 'UnsupportedMediaType', "The content media type '%s' is not supported. Only "
+                        "'application/json' is supported." % ctype)
     with double.lock:
         sub, rg, parent = double._parent(sub, rg, service, parent)
         ctx = (service, sub, rg, parent, version)
@@ -994,8 +1012,7 @@ def op_verify(double, ctx, name, req):
         raise pop_failed('no verification code is pending for this certificate; call generateVerificationCode first')
     if info['subject'] != 'CN=' + cert.code:
         raise pop_failed("the verification certificate's subject '%s' is not 'CN=%s'" % (info['subject'], cert.code))
-    ca = certificate_info(cert.der)
-    if info['issuer'] != ca['subject']:
+    if info['issuer'] != cert.info['subject']:
         raise pop_failed("the issuer certificate '%s' cannot be found in the certificate chain" % info['issuer'])
     if double.verify_check_time:
         now = time.time()
@@ -1202,6 +1219,9 @@ def _control_route(double, method, route, body):
         return 200, double.seed_certificate(body['service'], body['subscription'], body['resource_group'],
                                             body['parent'], body['name'], body['certificate'],
                                             body.get('verified', False)), {}
+    if route == '/reset' and method == 'POST':
+        double.reset()
+        return 200, {}, {}
     if route == '/next-code' and method == 'POST':
         double.set_next_verification_code(body['code'])
         return 200, {}, {}
@@ -1214,6 +1234,11 @@ def _control_route(double, method, route, body):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return      # the client hung up: nothing to report
+        super().handle_error(request, client_address)
 
 
 class _Drop(Exception):
@@ -1353,6 +1378,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header('x-ms-correlation-request-id', rid)
         for k, v in extra.items():
             self.send_header(k, v)
+        if not self.server.double.keep_alive:
+            self.send_header('Connection', 'close')
+            self.close_connection = True
         self.send_header('Content-Length', str(len(payload)))
         self.end_headers()
         if self.command != 'HEAD':

@@ -18,7 +18,7 @@ import unittest
 
 from testlib import (DEFAULT_VERSION, DOUBLE_PY, DPS, HUB, MI_SYSTEM, MI_USER, PARENT, RG, SCOPE, SECRET,
                      SECRET_CLIENT, STATIC_TOKEN, SUB, TENANT, azure_double, call, certs_url,
-                     enddate_by_openssl, encode, make_assertion, make_ca, make_leaf, pem_der,
+                     enddate_by_openssl, encode, make_assertion, make_ca, make_leaf, subject_by_openssl,
                      thumbprint_by_openssl)
 
 CODE_RE = re.compile(r'^[0-9A-F]{48}$')
@@ -144,8 +144,7 @@ class DoubleTest(unittest.TestCase):
         self.assertEqual(list(body), TOP)
         self.assertEqual(list(body['properties']), props)
         p = body['properties']
-        cn = re.search(r'CN=(.*)$', azure_double.certificate_info(pem_der(open(pem_path).read()))['subject'])
-        self.assertEqual(p['subject'], cn.group(1))
+        self.assertEqual('CN=' + p['subject'], subject_by_openssl(pem_path))
         self.assertFalse(p['subject'].startswith('CN='))
         self.assertEqual(p['thumbprint'], thumbprint_by_openssl(pem_path))
         self.assertEqual(p['expiry'], enddate_by_openssl(pem_path))
@@ -610,6 +609,23 @@ class ArmFrontDoorTest(DoubleTest):
         self.assertIn('/resourceGroups/%s/providers/Microsoft.Devices/provisioningServices/%s/' % (RG, DPS),
                       body['id'])
 
+    def test_json_content_type_required_for_bodies(self):
+        name = fresh()
+        value = encode(self.ca_text, 'b64pem')
+        for ctype in ('application/x-www-form-urlencoded', 'text/plain'):
+            r = call('PUT', self.url('dps', name), json.dumps({'certificate': value}).encode(), token=self.token,
+                     headers={'Content-Type': ctype})
+            self.assertArmError(r, 415, 'UnsupportedMediaType',
+                                re.escape("The content media type '%s' is not supported. Only 'application/json' "
+                                          "is supported." % ctype))
+        r = call('PUT', self.url('dps', name), json.dumps({'certificate': value}).encode(), token=self.token,
+                 headers={'Content-Type': 'application/json; charset=utf-8'})
+        etag = self.ok(r)['etag']
+        # An empty POST (generateVerificationCode) needs no content type, whatever curl puts there.
+        r = call('POST', self.url('dps', name, 'generateVerificationCode'), b'', token=self.token,
+                 headers={'If-Match': etag, 'Content-Type': 'application/x-www-form-urlencoded'})
+        self.ok(r)
+
     def test_methods_not_allowed(self):
         self.assertArmError(self.arm('POST', 'dps'), 405, 'MethodNotAllowed')
         self.assertArmError(self.arm('GET', 'dps', fresh(), 'verify'), 405, 'MethodNotAllowed')
@@ -948,6 +964,57 @@ class FaultTest(DoubleTest):
         self.assertEqual(mine[0]['service'], 'iothub')
         with open(self.state_file) as f:
             self.assertIn(name, [c['name'] for c in json.load(f)['certificates']])
+
+    def test_keep_alive_and_expect_continue(self):
+        import http.client
+        import socket
+        conn = http.client.HTTPConnection('127.0.0.1', self.d.port, timeout=10)
+        path = self.url('dps')[len(self.base):]
+        for _ in range(3):
+            conn.request('GET', path, headers={'Authorization': 'Bearer ' + self.token})
+            r = conn.getresponse()
+            self.assertEqual(r.status, 200)
+            self.assertIsNone(r.getheader('Connection'))
+            r.read()
+        conn.close()
+        # libcurl sends "Expect: 100-continue" before larger bodies and waits for the 100.
+        body = json.dumps({'properties': {'certificate': encode(self.rsa_text, 'b64pem')}}).encode()
+        name = fresh()
+        with socket.create_connection(('127.0.0.1', self.d.port), timeout=10) as sock:
+            head = ('PUT %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n'
+                    'Content-Type: application/json\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n' % (
+                        self.url('dps', name)[len(self.base):], self.d.port, self.token, len(body)))
+            sock.sendall(head.encode())
+            f = sock.makefile('rb')
+            self.assertEqual(f.readline(), b'HTTP/1.1 100 Continue\r\n')
+            self.assertEqual(f.readline(), b'\r\n')
+            sock.sendall(body)
+            self.assertEqual(f.readline(), b'HTTP/1.1 200 OK\r\n')
+        self.assertEqual(self.ok(self.arm('GET', 'dps', name))['properties']['thumbprint'],
+                         thumbprint_by_openssl(self.rsa_pem))
+
+    def test_keep_alive_off(self):
+        self.d.add_config({'keep_alive': False})
+        try:
+            r = self.arm('GET', 'dps')
+            self.assertEqual(r.header('Connection'), 'close')
+        finally:
+            self.d.add_config({'keep_alive': True})
+        self.assertIsNone(self.arm('GET', 'dps').header('Connection'))
+
+    def test_reset(self):
+        d = azure_double.AzureDouble().start()
+        try:
+            tok = d.issue_token()[0]
+            self.assertEqual(call('PUT', certs_url(d.url, 'dps', 'c'), {'certificate': encode(self.ca_text, 'pem')},
+                                  token=tok).status, 200)
+            d.add_fault(status=500, path='nothing')
+            self.assertEqual(call('POST', d.url + '/_double/reset').status, 200)
+            self.assertEqual(d.state(), {'certificates': [], 'verified_upload_attempts': []})
+            self.assertEqual((d.faults(), d.requests()), ([], []))
+            self.assertEqual(call('GET', certs_url(d.url, 'dps'), token=tok).json(), {'value': []})
+        finally:
+            d.stop()
 
     def test_control_secret(self):
         d = azure_double.AzureDouble(control_secret='s3').start()

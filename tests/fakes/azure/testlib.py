@@ -8,6 +8,7 @@
 """
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -97,15 +98,24 @@ def encode(pem_text, how):
     raise ValueError(how)
 
 
+@functools.lru_cache(maxsize=None)
 def thumbprint_by_openssl(pem_path):
     out = openssl('x509', '-in', pem_path, '-noout', '-fingerprint', '-sha1').decode()
     return out.strip().split('=', 1)[1].replace(':', '').upper()
 
 
+@functools.lru_cache(maxsize=None)
 def enddate_by_openssl(pem_path):
     out = openssl('x509', '-in', pem_path, '-noout', '-enddate').decode()
     t = time.strptime(' '.join(out.strip().split('=', 1)[1].split()), '%b %d %H:%M:%S %Y GMT')
     return time.strftime('%a, %d %b %Y %H:%M:%S GMT', t)
+
+
+@functools.lru_cache(maxsize=None)
+def subject_by_openssl(pem_path):
+    """The subject as openssl prints it with -nameopt RFC2253."""
+    out = openssl('x509', '-in', pem_path, '-noout', '-subject', '-nameopt', 'RFC2253').decode()
+    return out.strip().split('=', 1)[1]
 
 
 def b64url(data):
