@@ -622,6 +622,9 @@ static int token_request(const struct azure_http_request *req, const char *who, 
 static int acquire_application(struct aad *a, json_t **ret_doc, struct aad_token_answer *ans,
 			       struct azure_error *err)
 {
+	struct azure_http_request req = {
+		.what = "Azure AD", .method = "POST", .content_type = FORM_TYPE,
+	};
 	_cleanup_free_ char *url = NULL;
 	struct form f = {0};
 	int r;
@@ -632,11 +635,9 @@ static int acquire_application(struct aad *a, json_t **ret_doc, struct aad_token
 	} else
 		r = application_form(a, url, &f, err);
 	if (r == 0) {
-		struct azure_http_request req = {
-			.what = "Azure AD", .method = "POST", .url = url,
-			.content_type = FORM_TYPE, .body = f.data, .body_len = f.len,
-		};
-
+		req.url = url;
+		req.body = f.data;
+		req.body_len = f.len;
 		r = token_request(&req, "Azure AD", ret_doc, ans, err);
 	} else if (r == PS_E_NOMEM)
 		azure_error_set(err, AZURE_FAILURE_INTERNAL, "out of memory");
@@ -644,13 +645,11 @@ static int acquire_application(struct aad *a, json_t **ret_doc, struct aad_token
 	return r;
 }
 
-static int acquire_imds(struct aad *a, json_t **ret_doc, struct aad_token_answer *ans,
-			struct azure_error *err)
+/* {imds}/metadata/identity/oauth2/token?api-version=...&resource=...[&client_id=...] */
+static int imds_url(const struct aad *a, char **ret)
 {
-	static const char *const headers[] = {"Metadata: true", NULL};
-	_cleanup_free_ char *url = NULL;
 	char *res = curl_easy_escape(NULL, a->resource, 0);
-	char *id = a->client_id ? curl_easy_escape(NULL, a->client_id, 0) : NULL;
+	char *id = a->client_id ? curl_easy_escape(NULL, a->client_id, 0) : NULL, *url = NULL;
 	int n = -1;
 
 	if (res && (id || !a->client_id))
@@ -659,15 +658,26 @@ static int acquire_imds(struct aad *a, json_t **ret_doc, struct aad_token_answer
 			     id ? id : "");
 	curl_free(res);
 	curl_free(id);
-	if (n < 0) {
-		url = NULL;
+	if (n < 0)
+		return PS_E_NOMEM;
+	*ret = url;
+	return 0;
+}
+
+static int acquire_imds(struct aad *a, json_t **ret_doc, struct aad_token_answer *ans,
+			struct azure_error *err)
+{
+	static const char *const headers[] = {"Metadata: true", NULL};
+	struct azure_http_request req = {
+		.what = "the managed identity endpoint", .method = "GET", .headers = headers,
+	};
+	_cleanup_free_ char *url = NULL;
+
+	if (imds_url(a, &url) < 0) {
 		azure_error_set(err, AZURE_FAILURE_INTERNAL, "out of memory");
 		return PS_E_NOMEM;
 	}
-	struct azure_http_request req = {
-		.what = "the managed identity endpoint", .method = "GET", .url = url,
-		.headers = headers,
-	};
+	req.url = url;
 	return token_request(&req, "managed identity endpoint", ret_doc, ans, err);
 }
 
@@ -746,7 +756,10 @@ static int cli_run(char *const argv[], struct secret **ret_out, int *ret_status)
 		return PS_E_NOMEM;
 	r = cli_spawn(argv, &pid, &fd);
 	if (r < 0) {
+		int saved = errno; /* for the message: why it did not start */
+
 		aad_secret_free(out);
+		errno = saved;
 		return r;
 	}
 	r = cli_read(fd, out->data, AAD_CLI_OUTPUT_MAX, &len, mono_ms() + AAD_CLI_TIMEOUT_S * 1000);

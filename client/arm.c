@@ -125,11 +125,11 @@ int arm_certificate_path(const struct arm_target *t, const char *cert, char **re
 	char *sub = curl_easy_escape(NULL, t->subscription, 0);
 	char *rg = curl_easy_escape(NULL, t->resource_group, 0);
 	char *name = curl_easy_escape(NULL, t->name, 0);
-	char *c = cert ? curl_easy_escape(NULL, cert, 0) : NULL;
+	char *c = cert ? curl_easy_escape(NULL, cert, 0) : NULL, *path = NULL;
 	int n = -1;
 
 	if (sub && rg && name && (c || !cert))
-		n = asprintf(ret,
+		n = asprintf(&path,
 			     "/subscriptions/%s/resourceGroups/%s/providers/Microsoft.Devices/%s/%s"
 			     "/certificates%s%s",
 			     sub, rg, provider_path(t->service), name, c ? "/" : "", c ? c : "");
@@ -137,7 +137,10 @@ int arm_certificate_path(const struct arm_target *t, const char *cert, char **re
 	curl_free(rg);
 	curl_free(name);
 	curl_free(c);
-	return n < 0 ? PS_E_NOMEM : 0;
+	if (n < 0)
+		return PS_E_NOMEM;
+	*ret = path;
+	return 0;
 }
 
 bool arm_etag_valid(const char *etag)
@@ -446,9 +449,12 @@ static int call_url(const struct arm *arm, const struct arm_target *t, const str
 	_cleanup_free_ char *path = NULL;
 	const char *v = t->api_version ? t->api_version : arm_default_api_version(t->service);
 
+	char *url;
+
 	if (arm_certificate_path(t, c->cert, &path) < 0 ||
-	    asprintf(ret, "%s%s%s?api-version=%s", arm->origin, path, c->suffix, v) < 0)
+	    asprintf(&url, "%s%s%s?api-version=%s", arm->origin, path, c->suffix, v) < 0)
 		return PS_E_NOMEM;
+	*ret = url;
 	return 0;
 }
 
@@ -472,22 +478,26 @@ static int call(struct arm *arm, const struct arm_target *t, const struct arm_ca
 	_cleanup_(transport_response_clear) struct transport_response resp = {0};
 	_cleanup_free_ char *url = NULL, *if_match = NULL;
 	const char *headers[2] = {NULL, NULL};
-	const struct secret *token = NULL;
+	struct azure_http_request req = {
+		.what = "Azure Resource Manager", .method = c->method, .headers = headers,
+		.content_type = c->body ? JSON_TYPE : NULL, .body = c->body,
+		.body_len = c->body ? strlen(c->body) : 0,
+	};
 	unsigned tries = 0;
 	int r;
 
-	if (call_url(arm, t, c, &url) < 0 ||
-	    (c->etag && asprintf(&if_match, "If-Match: %s", c->etag) < 0))
+	if (call_url(arm, t, c, &url) < 0)
 		return nomem(err);
+	if (c->etag && asprintf(&if_match, "If-Match: %s", c->etag) < 0) {
+		if_match = NULL; /* asprintf() leaves it undefined on failure */
+		return nomem(err);
+	}
 	headers[0] = if_match;
-	r = aad_token(arm->aad, &token, err);
+	req.url = url;
+	/* Per request: a long flow gets a fresh token before the old expires. */
+	r = aad_token(arm->aad, &req.bearer, err);
 	if (r < 0)
 		return r;
-	struct azure_http_request req = {
-		.what = "Azure Resource Manager", .method = c->method, .url = url,
-		.content_type = c->body ? JSON_TYPE : NULL, .body = c->body,
-		.body_len = c->body ? strlen(c->body) : 0, .headers = headers, .bearer = token,
-	};
 	r = azure_http_send(&req, &resp, &tries, err);
 	if (r == 0 && resp.status >= 200 && resp.status <= 299) {
 		*ret = resp;
