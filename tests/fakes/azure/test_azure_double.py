@@ -16,7 +16,7 @@ import tempfile
 import time
 import unittest
 
-from testlib import (DEFAULT_VERSION, DOUBLE_PY, DPS, HUB, MI_SYSTEM, MI_USER, PARENT, RG, SCOPE, SECRET,
+from testlib import (DOUBLE_PY, DPS, HUB, MI_SYSTEM, MI_USER, PARENT, RG, SCOPE, SECRET,
                      SECRET_CLIENT, STATIC_TOKEN, SUB, TENANT, azure_double, call, certs_url,
                      enddate_by_openssl, encode, make_assertion, make_ca, make_leaf, subject_by_openssl,
                      thumbprint_by_openssl)
