@@ -91,19 +91,31 @@ static int token_failed(int r, const char *path)
 	return exit_code_for_token_error(r);
 }
 
+static bool unix_url(const char *url)
+{
+	return strncmp(url, DAEMON_API_UNIX_PREFIX, strlen(DAEMON_API_UNIX_PREFIX)) == 0;
+}
+
 int cli_session_open(const char *url, const char *token_file, struct cli_session *ret)
 {
 	struct cli_session s = {0};
 	struct daemon_error err = {0};
+	bool is_default = false;
 	int r;
 
-	r = bearer_resolve_path(token_file, &s.token_path, NULL);
-	if (r < 0) {
+	r = bearer_resolve_path(token_file, &s.token_path, &is_default);
+	if (r < 0 && !unix_url(url)) {
 		output_errorf("no home directory for the default token file: use --token-file");
 		return exit_code_for_token_error(r);
 	}
-	r = secret_read_file(s.token_path, &s.token);
-	if (r == 0 && !bearer_token_valid(s.token->data, s.token->len))
+	if (r < 0)
+		is_default = true; /* no home: only a Unix socket can do without a token */
+	r = r < 0 ? PS_E_NOT_FOUND : secret_read_file(s.token_path, &s.token);
+	/* On a Unix socket popsignd knows the caller by its uid: a token is
+	 * only needed if one is named or the default file exists. */
+	if (r == PS_E_NOT_FOUND && is_default && unix_url(url))
+		r = 0;
+	if (r == 0 && s.token && !bearer_token_valid(s.token->data, s.token->len))
 		r = PS_E_INVALID_REQUEST;
 	if (r < 0) {
 		r = token_failed(r, s.token_path);

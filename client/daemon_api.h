@@ -22,6 +22,7 @@
 
 #define DAEMON_API_DEFAULT_URL "http://127.0.0.1:7717"
 #define DAEMON_API_URL_MAX 512
+#define DAEMON_API_UNIX_PREFIX "unix:"
 #define DAEMON_API_CONNECT_TIMEOUT_S 5L
 #define DAEMON_API_TIMEOUT_S 30L
 #define DAEMON_API_RESPONSE_MAX (1024 * 1024)
@@ -92,6 +93,7 @@ int daemon_check_sign_input(const char *key, const char *code, const char *conte
 
 /* Checks a popsignd URL and reduces it to "http://HOST[:PORT]".  Only http://
  * with a host and at most "/" as path; no user, password, query or fragment.
+ * "unix:/ABSOLUTE/PATH" (a Unix socket) is returned as it is.
  * Returns 0 and *ret (free() it), or PS_E_INVALID_REQUEST with *why set to a
  * static reason and *ret untouched, or PS_E_NOMEM. */
 int daemon_api_url_check(const char *url, char **ret, const char **why);

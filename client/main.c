@@ -92,7 +92,7 @@ static const char usage_text[] =
 	"\n"
 	"Options, before or after the command:\n"
 	"  --url URL              popsignd's address (default: $" CLI_ENV_URL ", else\n"
-	"                         " DAEMON_API_DEFAULT_URL "); only http:// for now\n"
+	"                         " DAEMON_API_DEFAULT_URL "), or unix:/PATH\n"
 	"  --token-file FILE      the bearer token (default: $" BEARER_ENV_FILE ", else\n"
 	"                         $XDG_CONFIG_HOME/popsign/token or\n"
 	"                         ~/.config/popsign/token); group and others must\n"

@@ -177,6 +177,8 @@ static int set_request(CURL *h, const struct transport_request *req, struct curl
 	int rc = 0;
 
 	rc |= curl_easy_setopt(h, CURLOPT_URL, req->url);
+	if (req->unix_socket)
+		rc |= curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, req->unix_socket);
 	rc |= curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
 	rc |= curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, body_write);
 	rc |= curl_easy_setopt(h, CURLOPT_WRITEDATA, b);

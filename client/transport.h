@@ -24,6 +24,7 @@
 struct transport_request {
 	const char *method;          /* "GET", "POST", "PUT", "DELETE" */
 	const char *url;             /* absolute URL */
+	const char *unix_socket;     /* connect to this Unix socket instead, or NULL */
 	const char *accept;          /* Accept header, or NULL for none */
 	const char *content_type;    /* Content-Type of body, or NULL */
 	const char *body;            /* request body, or NULL for none */

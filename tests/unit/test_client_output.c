@@ -883,9 +883,10 @@ START_TEST(url_forms)
 		{"http://127.0.0.1:7717/", "http://127.0.0.1:7717"},
 		{"HTTP://localhost", "http://localhost"},
 		{"http://[::1]:7717", "http://[::1]:7717"},
+		{"unix:/run/popsign/popsignd.sock", "unix:/run/popsign/popsignd.sock"},
 	};
 	static const char *const bad[] = {
-		"https://127.0.0.1:7717", "ftp://x", "unix:/run/popsign.sock", "127.0.0.1:7717",
+		"https://127.0.0.1:7717", "ftp://x", "unix:run/popsign.sock", "unix:", "127.0.0.1:7717",
 		"http://", "http://u:p@127.0.0.1", "http://u@127.0.0.1", "http://127.0.0.1/v1",
 		"http://127.0.0.1/?a=b", "http://127.0.0.1/#f", "http://127.0.0.1:99999", "",
 	};
