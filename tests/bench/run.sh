@@ -100,7 +100,7 @@ daemon_pid=
 cfssl_pid=
 cleanup() {
 	for p in $daemon_pid $cfssl_pid; do
-		kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+		kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true
 	done
 	rm -rf "$work"
 }
@@ -143,6 +143,7 @@ now() { date +%s.%N; }
 
 # --- set-up: token, CSR, cfssl's keys in files ---------------------------------
 say "token with ec256 and rsa2048 in $work"
+# shellcheck disable=SC2086
 "$top/tests/make-token.sh" "$work" $keys || die "make-token.sh failed"
 export SOFTHSM2_CONF="$work/softhsm2.conf"
 pin=$(cat "$work/user.pin")
