@@ -58,6 +58,7 @@ struct issuer {
 	EVP_MD *sha1;           /* subject key identifiers */
 	EVP_MD *sha256;         /* fingerprints */
 	X509_NAME *name;        /* the CA subject, its encoding kept byte for byte */
+	EVP_PKEY *p256;         /* P-256 domain parameters: subject keys are made from them */
 	X509_EXTENSION *basic_constraints;
 	X509_EXTENSION *key_usage;
 	X509_EXTENSION *authority_key_id;
@@ -199,6 +200,19 @@ static int issuer_copy_name(struct issuer *i)
 	return i2d_X509_NAME(i->name, NULL) > 0 ? 0 : PS_E_CRYPTO;
 }
 
+/* Domain parameters made once: EVP_EC_gen() builds the group anew for
+ * every key, which costs more than the key itself. */
+static int issuer_make_key_params(struct issuer *i)
+{
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+	int ok = ctx && EVP_PKEY_paramgen_init(ctx) > 0 &&
+		 EVP_PKEY_CTX_set_group_name(ctx, "P-256") > 0 &&
+		 EVP_PKEY_paramgen(ctx, &i->p256) > 0;
+
+	EVP_PKEY_CTX_free(ctx);
+	return ok ? 0 : PS_E_CRYPTO;
+}
+
 int issuer_new(const struct ca_cert *ca, unsigned validity_seconds, struct issuer **ret)
 {
 	struct issuer *i = NULL;
@@ -218,6 +232,8 @@ int issuer_new(const struct ca_cert *ca, unsigned validity_seconds, struct issue
 		r = issuer_copy_name(i);
 	if (r >= 0)
 		r = issuer_make_extensions(i);
+	if (r >= 0)
+		r = issuer_make_key_params(i);
 	if (r < 0)
 		goto out;
 	*ret = i;
@@ -237,6 +253,7 @@ void issuer_free(struct issuer *i)
 	EVP_MD_free(i->sha1);
 	EVP_MD_free(i->sha256);
 	X509_NAME_free(i->name);
+	EVP_PKEY_free(i->p256);
 	X509_EXTENSION_free(i->basic_constraints);
 	X509_EXTENSION_free(i->key_usage);
 	X509_EXTENSION_free(i->authority_key_id);
@@ -355,12 +372,15 @@ static int set_names_and_validity(const struct issuer *i, X509 *x, const char *c
 /* A fresh P-256 key: only its public point goes into the certificate. */
 static int set_subject_key(const struct issuer *i, X509 *x, uint8_t key_id[KEY_ID_LEN])
 {
-	EVP_PKEY *key = EVP_EC_gen("P-256");
+	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, i->p256, NULL);
+	EVP_PKEY *key = NULL;
 	unsigned char *point = OPENSSL_malloc(P256_POINT_LEN);
 	size_t len = 0;
 	int ok;
 
-	ok = key && point &&
+	ok = ctx && EVP_PKEY_keygen_init(ctx) > 0 && EVP_PKEY_keygen(ctx, &key) > 0;
+	EVP_PKEY_CTX_free(ctx);
+	ok = ok && key && point &&
 	     EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
 					     P256_POINT_LEN, &len) &&
 	     len == P256_POINT_LEN;
