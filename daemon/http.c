@@ -34,6 +34,10 @@
 #define MEDIA_JSON "application/json"
 #define MEDIA_PEM "application/x-pem-file"
 #define PEER_MAX 64
+/* HTTP threads per worker: a request waiting for the signer or the audit
+ * log holds its thread, so more threads than token sessions keep the
+ * sessions busy and let audit records share an fdatasync. */
+#define HTTP_THREADS_PER_WORKER 4
 
 /* What a request is served with: swapped whole on reload, freed when the
  * last request holding it is done. */
@@ -798,7 +802,7 @@ static int start_daemon(const struct config *cfg, struct listener *l, int fd)
 		MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG | MHD_USE_ITC, 0, NULL, NULL,
 		on_request, l,
 		MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-		MHD_OPTION_THREAD_POOL_SIZE, cfg->workers ? cfg->workers : 1u,
+		MHD_OPTION_THREAD_POOL_SIZE, (cfg->workers ? cfg->workers : 1u) * HTTP_THREADS_PER_WORKER,
 		MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections,
 		MHD_OPTION_CONNECTION_TIMEOUT, cfg->connection_timeout,
 		/* Bounds the request line and headers; the body has its own buffer. */
