@@ -344,13 +344,22 @@ int audit_write(struct audit *a, const struct audit_record *rec)
 	return w.result;
 }
 
-int audit_reopen(struct audit *a)
+int audit_reopen(struct audit *a, const char *path)
 {
+	char *copy = path ? strdup(path) : NULL;
 	int fd;
 
-	if (file_open(a->path, &fd) < 0)
+	if (path && !copy)
+		return PS_E_NOMEM;
+	if (file_open(copy ? copy : a->path, &fd) < 0) {
+		free(copy);
 		return PS_E_IO;
+	}
 	pthread_mutex_lock(&a->lock);
+	if (copy) {
+		free(a->path);
+		a->path = copy;
+	}
 	/* One switch at a time; the writer makes it between two batches. */
 	while (a->reopen_fd >= 0)
 		pthread_cond_wait(&a->done, &a->lock);

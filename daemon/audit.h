@@ -46,9 +46,10 @@ int audit_open(const char *path, struct audit **ret);
  * would be longer than AUDIT_RECORD_MAX: callers bound what they pass. */
 int audit_write(struct audit *a, const struct audit_record *rec);
 
-/* Reopens the file at the same path (log rotation, SIGHUP).  On failure
- * keeps the old file open and returns PS_E_IO. */
-int audit_reopen(struct audit *a);
+/* Reopens the audit trail at path, or at the same path if path is NULL (log
+ * rotation, SIGHUP).  On failure keeps the old file open and returns
+ * PS_E_IO (or PS_E_NOMEM). */
+int audit_reopen(struct audit *a, const char *path);
 
 /* Flushes, stops the writer thread, closes.  Accepts NULL. */
 void audit_close(struct audit *a);

@@ -22,6 +22,7 @@
 #include "signer.h"
 #include "signer_main.h"
 #include "text.h"
+#include "util.h"
 #include "audit.h"
 
 #include "build-config.h"
@@ -154,23 +155,53 @@ static long watchdog_interval_ms(void)
 	return (long)(v / 2000 ? v / 2000 : 1);
 }
 
-/* SIGHUP: a new config and a new signer, or the old ones keep serving. */
-static void reload(struct http_server *http, struct audit *audit, const char *path)
+/* SIGHUP part one: a new config and signer, or NULL and the old ones stay. */
+static int reload_config(const char *path, const struct audit *audit, struct config **ret_cfg,
+			 struct signer **ret_signer)
 {
 	char err[CONFIG_ERROR_MAX];
 	struct config *cfg = NULL;
-	struct signer *signer = NULL;
 
-	notify("RELOADING=1\nSTATUS=reloading %s", path);
-	if (audit && audit_reopen(audit) < 0)
-		log_error("SIGHUP: cannot reopen the audit log; still writing the old file");
 	if (config_load(path, &cfg, err) < 0) {
 		log_error("SIGHUP: %s; keeping the old configuration", err);
-	} else if (signer_start(cfg, &signer) < 0) {
+		return PS_E_CONFIG;
+	}
+	if (!cfg->audit_log != !audit) {
+		log_error("SIGHUP: %s: turning audit_log on or off needs a restart; keeping the "
+			  "old configuration", path);
+		config_free(cfg);
+		return PS_E_CONFIG;
+	}
+	if (signer_start(cfg, ret_signer) < 0) {
 		log_error("SIGHUP: the keys of %s could not be opened; keeping the old "
 			  "configuration", path);
 		config_free(cfg);
-	} else {
+		return PS_E_TOKEN;
+	}
+	*ret_cfg = cfg;
+	return 0;
+}
+
+/* SIGHUP: the audit file is reopened (rotation, or the new audit_log path),
+ * and a new config and signer replace the old ones if they are good. */
+static void reload(struct http_server *http, struct audit *audit, const char *path)
+{
+	struct config *cfg = NULL;
+	struct signer *signer = NULL;
+	int r;
+
+	notify("RELOADING=1\nSTATUS=reloading %s", path);
+	r = reload_config(path, audit, &cfg, &signer);
+	if (r == 0 && audit && audit_reopen(audit, cfg->audit_log) < 0) {
+		log_error("SIGHUP: cannot open the audit log %s; keeping the old configuration",
+			  cfg->audit_log);
+		signer_free(signer);
+		config_free(cfg);
+		r = PS_E_IO;
+	}
+	if (r < 0 && audit && audit_reopen(audit, NULL) < 0)
+		log_error("SIGHUP: cannot reopen the audit log; still writing the old file");
+	if (r == 0) {
 		log_info("SIGHUP: reloaded %s: %zu key(s)", path, signer_key_count(signer));
 		http_reload(http, cfg, signer);
 	}

@@ -294,6 +294,31 @@ class AuditTest(SecurityBase):
         self.assertEqual(len(audit_lines(log + '.1')), 4)
         d.stop()
 
+    def test_reload_moves_the_audit_log(self):
+        first = os.path.join(self.dir, 'audit-first.log')
+        second = os.path.join(self.dir, 'audit-second.log')
+
+        def write(extra):
+            return h.write_config(self.dir, keys=key_sections(self.token), callers=[self.caller],
+                                  name='move.conf', daemon_extra=extra)
+
+        d = h.Daemon(write([('audit_log', first)]), self.token.env).start()
+        self.addCleanup(d.kill)
+        self.assertEqual(sign(d.port, 'ec256', self.caller.token).status, 201)
+        write([('audit_log', second)])
+        d.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_for(lambda: 'SIGHUP: reloaded' in d.stderr), d.stderr)
+        self.assertEqual(sign(d.port, 'ec256', self.caller.token).status, 201)
+        self.assertEqual(len(audit_lines(first)), 1)
+        self.assertEqual(len(audit_lines(second)), 1)
+        # Turning the audit trail off is not something a reload may do.
+        write([])
+        d.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_for(lambda: 'needs a restart' in d.stderr), d.stderr)
+        self.assertEqual(sign(d.port, 'ec256', self.caller.token).status, 201)
+        self.assertEqual(len(audit_lines(second)), 2)
+        d.stop()
+
     def test_unwritable_audit_fails_closed(self):
         log = os.path.join(self.dir, 'audit-full.log')
         with open(log, 'wb') as f:

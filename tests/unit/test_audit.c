@@ -424,7 +424,7 @@ START_TEST(reopen_after_rename)
 	snprintf(rotated, sizeof(rotated), "%s.1", path);
 	write_ok(a, &rec);
 	ck_assert_int_eq(rename(path, rotated), 0);
-	ck_assert_int_eq(audit_reopen(a), 0);
+	ck_assert_int_eq(audit_reopen(a, NULL), 0);
 	rec.request_id = 2;
 	write_ok(a, &rec);
 	lines = read_lines(rotated);
@@ -452,7 +452,7 @@ START_TEST(reopen_failure_keeps_old_file)
 	snprintf(rotated, sizeof(rotated), "%s.1", path);
 	ck_assert_int_eq(rename(path, rotated), 0);
 	ck_assert_int_eq(mkdir(path, 0700), 0);
-	ck_assert_int_eq(audit_reopen(a), PS_E_IO);
+	ck_assert_int_eq(audit_reopen(a, NULL), PS_E_IO);
 	write_ok(a, &rec);
 	audit_close(a);
 	lines = read_lines(rotated);
@@ -478,7 +478,7 @@ START_TEST(reopen_under_load)
 		snprintf(rotated, sizeof(rotated), "%s.%u", path, i);
 		usleep(2000);
 		ck_assert_int_eq(rename(path, rotated), 0);
-		ck_assert_int_eq(audit_reopen(a), 0);
+		ck_assert_int_eq(audit_reopen(a, NULL), 0);
 	}
 	for (unsigned t = 0; t < 4; t++) {
 		pthread_join(threads[t], NULL);
