@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -18,7 +19,8 @@
 #include "util.h"
 
 #define SIGNER_FD 3                 /* the socket's number in the signer */
-#define PING_INTERVAL_MS 2000
+#define PING_INTERVAL_MS 1000
+#define STATES_MAX 64               /* distinct key state texts kept */
 
 struct waiter {
 	uint32_t id;
@@ -32,7 +34,19 @@ struct waiter {
 struct key {
 	char *name;
 	struct ca_cert *ca;
+	bool ready;                     /* as the last PONG said */
+	const char *state;              /* interned: valid until signer_free() */
 };
+
+/* Failed PKCS#11 calls counted by signers that are gone, so that the
+ * counters never go back when a signer is restarted. */
+struct error_total {
+	char name[SIGNER_CKR_NAME_MAX];
+	unsigned long long count;
+};
+
+/* Why serve_answers() returned. */
+enum served { SERVED_STOP, SERVED_GONE, SERVED_HUNG };
 
 struct signer {
 	char *config_path;
@@ -48,6 +62,13 @@ struct signer {
 	pthread_t thread;
 	bool thread_started;
 	int wake[2];                    /* written to stop the supervisor */
+	unsigned timeout_ms;            /* request_timeout */
+	long long last_pong;            /* monotonic ms */
+	struct signer_status *status;   /* from the last PONG; NULL: none since HELLO */
+	struct error_total *gone_errors;
+	size_t n_gone_errors;
+	char *states[STATES_MAX];       /* interned key state texts */
+	size_t n_states;
 };
 
 static long long now_ms(void)
@@ -90,17 +111,19 @@ static int spawn(const char *config_path, int *ret_fd, pid_t *ret_pid)
 	return 0;
 }
 
-static int recv_with_timeout(int fd, struct signer_msg *m, int timeout_ms)
+/* Waits for one message, at most timeout_ms, and not at all once popsignd
+ * stops (PS_E_IO then). */
+static int recv_with_timeout(int fd, int wake_fd, struct signer_msg *m, int timeout_ms)
 {
-	struct pollfd p = {fd, POLLIN, 0};
+	struct pollfd p[2] = {{fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
 	int n;
 
 	do
-		n = poll(&p, 1, timeout_ms);
+		n = poll(p, wake_fd >= 0 ? 2 : 1, timeout_ms);
 	while (n < 0 && errno == EINTR);
 	if (n == 0)
 		return PS_E_TIMEOUT;
-	if (n < 0)
+	if (n < 0 || p[1].revents)
 		return PS_E_IO;
 	return signer_msg_recv(fd, m);
 }
@@ -190,7 +213,7 @@ static int start_process(struct signer *s, int timeout_ms, int *ret_fd, pid_t *r
 
 	r = spawn(s->config_path, &fd, &pid);
 	if (r == 0)
-		r = recv_with_timeout(fd, &m, timeout_ms);
+		r = recv_with_timeout(fd, s->wake[0], &m, timeout_ms);
 	if (r == 0 && m.h.type != SIGNER_MSG_HELLO)
 		r = PS_E_INVALID_REQUEST;
 	if (r == 0)
@@ -244,6 +267,37 @@ static void deliver(struct signer *s, const struct signer_msg *m)
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* Adds n failures of the code name to the totals of gone signers. */
+static void gone_errors_add(struct signer *s, const char *name, unsigned long long n)
+{
+	struct error_total *e;
+
+	for (size_t i = 0; i < s->n_gone_errors; i++)
+		if (strcmp(s->gone_errors[i].name, name) == 0) {
+			s->gone_errors[i].count += n;
+			return;
+		}
+	if (s->n_gone_errors == SIGNER_ERRORS_MAX)
+		return;
+	e = realloc(s->gone_errors, (s->n_gone_errors + 1) * sizeof(*e));
+	if (!e)
+		return;
+	s->gone_errors = e;
+	e = &e[s->n_gone_errors++];
+	snprintf(e->name, sizeof(e->name), "%s", name);
+	e->count = n;
+}
+
+/* Keeps what the last status said of a signer that is going. Caller holds
+ * s->lock. */
+static void forget_status_locked(struct signer *s)
+{
+	for (size_t i = 0; s->status && i < s->status->n_errors; i++)
+		gone_errors_add(s, s->status->errors[i].name, s->status->errors[i].count);
+	signer_status_free(s->status);
+	s->status = NULL;
+}
+
 /* Marks the signer down and fails every request waiting for it. */
 static void go_down(struct signer *s)
 {
@@ -252,6 +306,7 @@ static void go_down(struct signer *s)
 
 	pthread_mutex_lock(&s->lock);
 	s->up = false;
+	forget_status_locked(s);
 	fd = s->fd;
 	pid = s->pid;
 	s->fd = -1;
@@ -278,21 +333,131 @@ static bool sleep_or_stop(struct signer *s, int ms)
 	return poll(&p, 1, ms) > 0;
 }
 
+/* The PING carries the request timeout: a reload that changes it reaches
+ * the signer within a ping interval. */
 static void send_ping(struct signer *s)
 {
+	struct signer_writer w = {0};
+
 	pthread_mutex_lock(&s->lock);
 	s->pong = false;
-	if (s->fd >= 0)
-		(void)signer_msg_send(s->fd, SIGNER_MSG_PING, 0, 0, NULL, 0);
+	if (s->fd >= 0 && signer_encode_ping(&w, s->timeout_ms) == 0)
+		(void)signer_msg_send(s->fd, SIGNER_MSG_PING, 0, 0, w.data, w.len);
 	pthread_mutex_unlock(&s->lock);
+	free(w.data);
 }
 
-/* Reads answers until the signer goes away or popsignd stops: true if asked
- * to stop. */
-static bool serve_answers(struct signer *s, int fd)
+/* watchdog_ms(): how long every worker, or the monitor, may be stuck in a
+ * call into a module before the signer is killed and started again; a hung
+ * PKCS#11 call can only be ended with its process. */
+static long long watchdog_ms(const struct signer *s)
+{
+	long long ms = 2LL * s->timeout_ms;
+
+	return ms > SIGNER_WATCHDOG_MIN_MS ? ms : SIGNER_WATCHDOG_MIN_MS;
+}
+
+/* The same text is the same pointer, so callers may keep it until
+ * signer_free().  Caller holds s->lock. */
+static const char *intern_state_locked(struct signer *s, const char *text)
+{
+	for (size_t i = 0; i < s->n_states; i++)
+		if (strcmp(s->states[i], text) == 0)
+			return s->states[i];
+	if (s->n_states == STATES_MAX || !(s->states[s->n_states] = strdup(text)))
+		return "unknown";
+	return s->states[s->n_states++];
+}
+
+/* Whether st shows the signer hung beyond the watchdog limit (logged). */
+static bool status_hung(struct signer *s, const struct signer_status *st, pid_t pid)
+{
+	long long limit = watchdog_ms(s);
+	size_t stuck = 0;
+
+	for (size_t i = 0; i < st->n_workers; i++)
+		stuck += st->worker_busy_ms[i] > limit;
+	if (st->n_workers > 0 && stuck == st->n_workers) {
+		log_error("every signer worker has been in a PKCS#11 call for more than %lld ms: "
+			  "killing the signer (pid %d) and starting a new one", limit, (int)pid);
+		return true;
+	}
+	if (st->monitor_busy_ms > limit) {
+		log_error("the signer's token monitor has been in a PKCS#11 call for more than "
+			  "%lld ms: killing the signer (pid %d) and starting a new one", limit,
+			  (int)pid);
+		return true;
+	}
+	return false;
+}
+
+/* Takes the status of a PONG.  Returns false if the signer is hung. */
+static bool take_pong(struct signer *s, const struct signer_msg *m)
+{
+	struct signer_status *st = NULL;
+	bool hung;
+
+	if (m->h.status != 0 || signer_decode_status(m->payload, m->h.len, &st) < 0)
+		return true; /* no status this time: the next PONG brings one */
+	pthread_mutex_lock(&s->lock);
+	s->pong = true;
+	s->last_pong = now_ms();
+	for (size_t i = 0; i < s->n_keys && i < st->n_keys; i++) {
+		s->keys[i].ready = st->keys[i].ready;
+		s->keys[i].state = intern_state_locked(s, st->keys[i].state);
+	}
+	signer_status_free(s->status);
+	s->status = st;
+	hung = status_hung(s, st, s->pid);
+	pthread_mutex_unlock(&s->lock);
+	return !hung;
+}
+
+/* Whether the signer has not answered pings for longer than the watchdog
+ * limit (logged). */
+static bool pongs_missing(struct signer *s)
+{
+	long long silent, limit;
+	bool missing;
+
+	pthread_mutex_lock(&s->lock);
+	silent = now_ms() - s->last_pong;
+	limit = watchdog_ms(s) + PING_INTERVAL_MS;
+	missing = silent > limit;
+	if (missing)
+		log_error("the signer (pid %d) has not answered a ping for %lld ms: killing it "
+			  "and starting a new one", (int)s->pid, silent);
+	pthread_mutex_unlock(&s->lock);
+	return missing;
+}
+
+/* Reads one message from the signer.  Returns false if the conversation
+ * is over. */
+static bool serve_message(struct signer *s, int fd, enum served *why)
 {
 	static struct signer_msg m;
+
+	*why = SERVED_GONE;
+	if (signer_msg_recv(fd, &m) < 0)
+		return false;
+	if (m.h.type == SIGNER_MSG_ISSUED) {
+		deliver(s, &m);
+		return true;
+	}
+	if (m.h.type == SIGNER_MSG_PONG) {
+		*why = SERVED_HUNG;
+		return take_pong(s, &m);
+	}
+	log_error("unexpected message type %u from the signer", m.h.type);
+	return false;
+}
+
+/* Reads answers and pings the signer until it goes away, hangs, or
+ * popsignd stops. */
+static enum served serve_answers(struct signer *s, int fd)
+{
 	long long next_ping = now_ms() + PING_INTERVAL_MS;
+	enum served why = SERVED_GONE;
 
 	for (;;) {
 		struct pollfd p[2] = {{fd, POLLIN, 0}, {s->wake[0], POLLIN, 0}};
@@ -300,28 +465,35 @@ static bool serve_answers(struct signer *s, int fd)
 		int n = poll(p, 2, wait > 0 ? (int)wait : 0);
 
 		if (n < 0 && errno != EINTR)
-			return false;
-		if (p[1].revents)
-			return true;
-		if (n == 0 || now_ms() >= next_ping) {
+			return SERVED_GONE;
+		if (n > 0 && p[1].revents)
+			return SERVED_STOP;
+		if (now_ms() >= next_ping) {
+			if (pongs_missing(s))
+				return SERVED_HUNG;
 			send_ping(s);
 			next_ping = now_ms() + PING_INTERVAL_MS;
 		}
-		if (n <= 0 || !p[0].revents)
-			continue;
-		if (signer_msg_recv(fd, &m) < 0)
-			return false;
-		if (m.h.type == SIGNER_MSG_ISSUED) {
-			deliver(s, &m);
-		} else if (m.h.type == SIGNER_MSG_PONG) {
-			pthread_mutex_lock(&s->lock);
-			s->pong = true;
-			pthread_mutex_unlock(&s->lock);
-		} else {
-			log_error("unexpected message type %u from the signer", m.h.type);
-			return false;
-		}
+		if (n > 0 && p[0].revents && !serve_message(s, fd, &why))
+			return why;
 	}
+}
+
+/* A signer that said HELLO opened every key and made a test signature
+ * with each: every key is ready until its first PONG says otherwise. */
+static void went_up(struct signer *s, int fd, pid_t pid)
+{
+	pthread_mutex_lock(&s->lock);
+	s->fd = fd;
+	s->pid = pid;
+	s->up = true;
+	s->pong = true;
+	s->last_pong = now_ms();
+	for (size_t i = 0; i < s->n_keys; i++) {
+		s->keys[i].ready = true;
+		s->keys[i].state = intern_state_locked(s, "ready");
+	}
+	pthread_mutex_unlock(&s->lock);
 }
 
 static void *supervise(void *arg)
@@ -337,26 +509,26 @@ static void *supervise(void *arg)
 		fd = s->fd;
 		pthread_mutex_unlock(&s->lock);
 		if (fd >= 0) {
-			if (serve_answers(s, fd))
+			enum served why = serve_answers(s, fd);
+
+			if (why == SERVED_STOP)
 				return NULL;
-			log_error("the signer process stopped: restarting it");
+			if (why == SERVED_GONE)
+				log_error("the signer process stopped: restarting it");
 			go_down(s);
 			backoff = SIGNER_BACKOFF_MIN_MS;
 		}
 		if (sleep_or_stop(s, backoff))
 			return NULL;
 		if (start_process(s, SIGNER_START_TIMEOUT_MS, &fd, &pid) < 0) {
+			if (sleep_or_stop(s, 0))
+				return NULL;
 			backoff = backoff * 2 > SIGNER_BACKOFF_MAX_MS ? SIGNER_BACKOFF_MAX_MS
 								       : backoff * 2;
 			log_warning("the signer did not start: next try in %d ms", backoff);
 			continue;
 		}
-		pthread_mutex_lock(&s->lock);
-		s->fd = fd;
-		s->pid = pid;
-		s->up = true;
-		s->pong = true;
-		pthread_mutex_unlock(&s->lock);
+		went_up(s, fd, pid);
 		log_info("the signer process is back (pid %d)", (int)pid);
 	}
 }
@@ -366,19 +538,22 @@ static void *supervise(void *arg)
 int signer_start(const struct config *cfg, struct signer **ret)
 {
 	struct signer *s = calloc(1, sizeof(*s));
-	int r;
+	pid_t pid = 0;
+	int fd = -1, r;
 
 	if (!s)
 		return PS_E_NOMEM;
 	s->fd = -1;
 	s->wake[0] = s->wake[1] = -1;
 	pthread_mutex_init(&s->lock, NULL);
+	s->timeout_ms = cfg->request_timeout ? cfg->request_timeout * 1000u
+					     : SIGNER_REQUEST_TIMEOUT_MS;
 	s->config_path = strdup(cfg->path);
 	r = s->config_path && pipe2(s->wake, O_CLOEXEC) == 0 ? 0 : PS_E_IO;
 	if (r == 0)
-		r = start_process(s, SIGNER_START_TIMEOUT_MS, &s->fd, &s->pid);
+		r = start_process(s, SIGNER_START_TIMEOUT_MS, &fd, &pid);
 	if (r == 0) {
-		s->up = s->pong = true;
+		went_up(s, fd, pid);
 		r = pthread_create(&s->thread, NULL, supervise, s) == 0 ? 0 : PS_E_NOMEM;
 		s->thread_started = r == 0;
 	}
@@ -454,9 +629,8 @@ int signer_issue(struct signer *s, size_t i, const char *code, struct issued **r
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&w.cond, &attr);
 	pthread_condattr_destroy(&attr);
-	deadline_in(&deadline, SIGNER_REQUEST_TIMEOUT_MS);
-
 	pthread_mutex_lock(&s->lock);
+	deadline_in(&deadline, (int)s->timeout_ms);
 	if (s->up) {
 		w.id = ++s->next_id;
 		w.next = s->waiters;
@@ -501,6 +675,81 @@ int signer_pid(struct signer *s)
 	return pid;
 }
 
+void signer_set_request_timeout(struct signer *s, unsigned ms)
+{
+	pthread_mutex_lock(&s->lock);
+	s->timeout_ms = ms ? ms : SIGNER_REQUEST_TIMEOUT_MS;
+	pthread_mutex_unlock(&s->lock);
+}
+
+int signer_key_ready(struct signer *s, size_t i, const char **state)
+{
+	int r = PS_E_TOKEN;
+
+	pthread_mutex_lock(&s->lock);
+	if (i >= s->n_keys) {
+		*state = "no such key";
+	} else if (!s->up) {
+		*state = "signer not running";
+	} else if (now_ms() - s->last_pong > watchdog_ms(s)) {
+		*state = "signer not responding";
+	} else {
+		*state = s->keys[i].state;
+		r = s->keys[i].ready ? 0 : PS_E_TOKEN;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+unsigned signer_sessions_in_use(struct signer *s)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&s->lock);
+	n = s->up && s->status ? s->status->sessions_in_use : 0;
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
+/* Totals by name: gone signers' counts plus the running one's. */
+static struct error_total *error_totals(struct signer *s, size_t *ret_n)
+{
+	struct error_total *all;
+	size_t n;
+
+	pthread_mutex_lock(&s->lock);
+	n = s->n_gone_errors + (s->status ? s->status->n_errors : 0);
+	all = calloc(n + 1, sizeof(*all));
+	n = 0;
+	for (size_t i = 0; all && i < s->n_gone_errors; i++)
+		all[n++] = s->gone_errors[i];
+	for (size_t i = 0; all && s->status && i < s->status->n_errors; i++) {
+		size_t j = 0;
+
+		while (j < n && strcmp(all[j].name, s->status->errors[i].name) != 0)
+			j++;
+		if (j == n)
+			snprintf(all[n++].name, sizeof(all[j].name), "%s", s->status->errors[i].name);
+		all[j].count += s->status->errors[i].count;
+	}
+	pthread_mutex_unlock(&s->lock);
+	*ret_n = n;
+	return all;
+}
+
+void signer_token_errors(struct signer *s,
+			 void (*cb)(void *ctx, const char *ckr_name, unsigned long long count),
+			 void *ctx)
+{
+	size_t n = 0;
+	struct error_total *all = error_totals(s, &n);
+
+	/* Outside the lock: cb may take its own locks. */
+	for (size_t i = 0; all && i < n; i++)
+		cb(ctx, all[i].name, all[i].count);
+	free(all);
+}
+
 void signer_free(struct signer *s)
 {
 	if (!s)
@@ -515,6 +764,9 @@ void signer_free(struct signer *s)
 	if (s->wake[1] >= 0)
 		close(s->wake[1]);
 	free_keys(s->keys, s->n_keys);
+	free(s->gone_errors);
+	for (size_t i = 0; i < s->n_states; i++)
+		free(s->states[i]);
 	free(s->config_path);
 	pthread_mutex_destroy(&s->lock);
 	free(s);

@@ -5,7 +5,15 @@
  * The signer is popsignd itself, re-executed as a separate process that alone
  * loads PKCS#11 modules, reads PINs and holds token sessions.  The two talk
  * over a socketpair with the messages of signer_proto.h.  If the signer dies,
- * requests in flight fail with PS_E_TOKEN and it is restarted with back-off. */
+ * requests in flight fail with PS_E_TOKEN and it is restarted with back-off.
+ *
+ * Every PING_INTERVAL (1 s) the front end pings the signer; each PONG brings
+ * the signer's status: each key's state, sessions in use, failed PKCS#11
+ * calls by CKR_ name, and how long each worker has been in its current job.
+ * Watchdog: if every worker (or the token monitor) has been in one job for
+ * longer than max(2 x request_timeout, SIGNER_WATCHDOG_MIN_MS), or pings go
+ * unanswered that long, the signer is killed and started again: a PKCS#11
+ * call that hangs can only be ended with its process. */
 #ifndef POPSIGN_SIGNER_H
 #define POPSIGN_SIGNER_H
 
@@ -21,6 +29,7 @@
 #define SIGNER_REQUEST_TIMEOUT_MS 5000   /* default request_timeout */
 #define SIGNER_BACKOFF_MIN_MS 100
 #define SIGNER_BACKOFF_MAX_MS 10000
+#define SIGNER_WATCHDOG_MIN_MS 5000
 
 struct signer;
 
@@ -41,6 +50,11 @@ const struct ca_cert *signer_key_ca(const struct signer *s, size_t i);
 /* Index of the key called name: 0 and *ret, or PS_E_NOT_FOUND. */
 int signer_find_key(const struct signer *s, const char *name, size_t *ret);
 
+/* The longest signer_issue() waits: request_timeout (signer_start() takes
+ * it from cfg->request_timeout; 0 means SIGNER_REQUEST_TIMEOUT_MS).  For a
+ * reload; the signer learns it with the next ping. */
+void signer_set_request_timeout(struct signer *s, unsigned ms);
+
 /* Issues the verification certificate for code with key i, waiting at most
  * the request timeout.  Safe from many threads.  Returns 0 and *ret (free
  * with issued_free()), or PS_E_INVALID_CODE, PS_E_TOKEN (signer down, token
@@ -49,6 +63,28 @@ int signer_issue(struct signer *s, size_t i, const char *code, struct issued **r
 
 /* Whether the signer process is up and answered its last ping. */
 bool signer_alive(struct signer *s);
+
+/* Whether key i (< signer_key_count()) can sign, as the signer's last
+ * status said (at most about a second old; the signer probes tokens in the
+ * background at most every 2 s, never per call).  Returns 0 with *state
+ * "ready", or PS_E_TOKEN with *state saying why: "token not present", "not
+ * logged in", "session lost", "device error", "module error", "module not
+ * initialised", "key not found", "PIN refused", "not responding" (a call
+ * into the token hangs), "signer not running", "signer not responding".
+ * *state stays valid until signer_free().  Never blocks on the signer. */
+int signer_key_ready(struct signer *s, size_t i, const char **state);
+
+/* Calls cb(ctx, "CKR_DEVICE_REMOVED", n) once per CKR_ code, with the number
+ * of failed PKCS#11 calls that returned it since popsignd started (signer
+ * restarts included: the counts never go back).  cb runs without any lock
+ * of s held. */
+void signer_token_errors(struct signer *s,
+			 void (*cb)(void *ctx, const char *ckr_name, unsigned long long count),
+			 void *ctx);
+
+/* Token sessions in use by a signature, a probe or a recovery right now, as
+ * the last status said; 0 while the signer is down. */
+unsigned signer_sessions_in_use(struct signer *s);
 
 /* Process id of the signer, or 0 while it is down (for tests and status). */
 int signer_pid(struct signer *s);

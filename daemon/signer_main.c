@@ -3,10 +3,12 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cacert.h"
@@ -32,6 +34,7 @@ struct key {
 struct job {
 	uint32_t id;
 	uint16_t key;
+	long long queued;               /* monotonic ms */
 	char code[CODE_MAX_LEN + 1];
 };
 
@@ -42,11 +45,31 @@ struct signer_proc {
 	struct key *keys;
 	size_t n_keys;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
+	pthread_cond_t cond;            /* a job was queued, or stopping */
+	pthread_cond_t monitor_wake;    /* stopping (monotonic clock) */
 	struct job queue[QUEUE_MAX];
 	size_t head, count;
 	bool stopping;
+	unsigned timeout_ms;            /* the front end's request timeout */
+	/* Since when (monotonic ms; 0: idle) each worker runs its job and the
+	 * monitor its pass: the front end's watchdog reads them in each PONG. */
+	long long *worker_since;
+	size_t n_workers;
+	long long monitor_since;
 };
+
+struct worker_arg {
+	struct signer_proc *s;
+	size_t index;
+};
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* The issue module's view of the token. */
 static int sign_with_token(void *ctx, const uint8_t *in, size_t inlen, uint8_t *sig,
@@ -133,6 +156,8 @@ static int open_keys(struct signer_proc *s)
 	if (!s->keys)
 		return PS_E_NOMEM;
 	r = token_set_new(s->cfg->workers, &s->tokens);
+	if (r == 0)
+		token_set_timeout(s->tokens, s->timeout_ms);
 	for (size_t i = 0; r == 0 && i < s->cfg->n_keys; i++) {
 		r = open_key(s, &s->cfg->keys[i], &s->keys[i]);
 		s->n_keys = i + 1;
@@ -165,6 +190,11 @@ static void do_job(struct signer_proc *s, const struct job *j)
 	struct signer_writer w = {0};
 	int r = j->key < s->n_keys ? 0 : PS_E_NOT_FOUND;
 
+	/* Queued behind hung workers: the front end has answered 503 already,
+	 * and nobody would receive the certificate. */
+	if (r == 0 && now_ms() - j->queued > (long long)__atomic_load_n(&s->timeout_ms,
+									  __ATOMIC_RELAXED))
+		r = PS_E_TIMEOUT;
 	if (r == 0)
 		r = issue_certificate(s->keys[j->key].issuer, j->code, sign_with_token,
 				      s->keys[j->key].token_key, &cert);
@@ -180,9 +210,15 @@ static void do_job(struct signer_proc *s, const struct job *j)
 	issued_free(cert);
 }
 
+static void worker_busy(struct signer_proc *s, size_t i, long long since)
+{
+	__atomic_store_n(&s->worker_since[i], since, __ATOMIC_RELAXED);
+}
+
 static void *worker(void *arg)
 {
-	struct signer_proc *s = arg;
+	struct signer_proc *s = ((struct worker_arg *)arg)->s;
+	size_t index = ((struct worker_arg *)arg)->index;
 
 	for (;;) {
 		struct job j;
@@ -198,8 +234,116 @@ static void *worker(void *arg)
 		s->head = (s->head + 1) % QUEUE_MAX;
 		s->count--;
 		pthread_mutex_unlock(&s->lock);
+		worker_busy(s, index, now_ms());
 		do_job(s, &j);
+		worker_busy(s, index, 0);
 	}
+}
+
+/* ---- the monitor: token probes and recovery ---- */
+
+static void *monitor(void *arg)
+{
+	struct signer_proc *s = arg;
+	struct timespec ts;
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->stopping) {
+		unsigned wait;
+
+		pthread_mutex_unlock(&s->lock);
+		__atomic_store_n(&s->monitor_since, now_ms(), __ATOMIC_RELAXED);
+		wait = token_set_maintain(s->tokens);
+		__atomic_store_n(&s->monitor_since, 0, __ATOMIC_RELAXED);
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += (long)wait * 1000000L;
+		ts.tv_sec += ts.tv_nsec / 1000000000L;
+		ts.tv_nsec %= 1000000000L;
+		pthread_mutex_lock(&s->lock);
+		if (!s->stopping)
+			(void)pthread_cond_timedwait(&s->monitor_wake, &s->lock, &ts);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+/* ---- status for the front end ---- */
+
+static uint32_t busy_ms(long long since, long long now)
+{
+	if (since == 0 || now <= since)
+		return 0;
+	return now - since > UINT32_MAX ? UINT32_MAX : (uint32_t)(now - since);
+}
+
+struct error_list {
+	struct signer_error_count *items;
+	uint16_t n;
+};
+
+static void add_error(void *ctx, const char *name, unsigned long long count)
+{
+	struct error_list *l = ctx;
+
+	if (l->n == SIGNER_ERRORS_MAX)
+		return;
+	snprintf(l->items[l->n].name, sizeof(l->items[l->n].name), "%s", name);
+	l->items[l->n++].count = count;
+}
+
+/* Fills st from what the token layer knows; never calls a module, so a
+ * hung token never delays a PONG. */
+static int collect_status(struct signer_proc *s, struct signer_status *st)
+{
+	long long now = now_ms();
+	struct error_list errors;
+
+	st->worker_busy_ms = calloc(s->n_workers + 1, sizeof(*st->worker_busy_ms));
+	st->keys = calloc(s->n_keys + 1, sizeof(*st->keys));
+	st->errors = calloc(SIGNER_ERRORS_MAX, sizeof(*st->errors));
+	if (!st->worker_busy_ms || !st->keys || !st->errors)
+		return PS_E_NOMEM;
+	st->monitor_busy_ms = busy_ms(__atomic_load_n(&s->monitor_since, __ATOMIC_RELAXED), now);
+	st->sessions_in_use = token_set_sessions_in_use(s->tokens);
+	st->n_workers = (uint16_t)s->n_workers;
+	for (size_t i = 0; i < s->n_workers; i++)
+		st->worker_busy_ms[i] = busy_ms(__atomic_load_n(&s->worker_since[i], __ATOMIC_RELAXED), now);
+	st->n_keys = (uint16_t)s->n_keys;
+	for (size_t i = 0; i < s->n_keys; i++) {
+		const char *state = NULL;
+
+		st->keys[i].ready = token_key_state(s->keys[i].token_key, &state) == 0;
+		snprintf(st->keys[i].state, sizeof(st->keys[i].state), "%s", state);
+	}
+	errors.items = st->errors;
+	errors.n = 0;
+	token_errors_foreach(add_error, &errors);
+	st->n_errors = errors.n;
+	return 0;
+}
+
+/* Answers a PING: takes the front end's request timeout, sends the status. */
+static void answer_ping(struct signer_proc *s, const struct signer_msg *m)
+{
+	struct signer_status st = {0};
+	struct signer_writer w = {0};
+	uint32_t timeout_ms = 0;
+	int r = signer_decode_ping(m->payload, m->h.len, &timeout_ms);
+
+	if (r == 0 && timeout_ms && timeout_ms != __atomic_load_n(&s->timeout_ms, __ATOMIC_RELAXED)) {
+		__atomic_store_n(&s->timeout_ms, timeout_ms, __ATOMIC_RELAXED);
+		token_set_timeout(s->tokens, timeout_ms);
+	}
+	if (r == 0)
+		r = collect_status(s, &st);
+	if (r == 0)
+		r = signer_encode_status(&w, &st);
+	(void)signer_msg_send(s->fd, SIGNER_MSG_PONG, m->h.id, r, r == 0 ? w.data : NULL,
+			      r == 0 ? w.len : 0);
+	free(w.data);
+	free(st.worker_busy_ms);
+	free(st.keys);
+	free(st.errors);
 }
 
 /* Parses an ISSUE payload into a job: exact length, code length bounded. */
@@ -215,6 +359,7 @@ static int parse_issue(const struct signer_msg *m, struct job *j)
 	memcpy(j->code, code, len);
 	j->code[len] = '\0';
 	j->id = m->h.id;
+	j->queued = now_ms();
 	/* A NUL inside shortens the string: issue_certificate then refuses it,
 	 * because code_validate sees the full length here. */
 	return code_validate(j->code, len) < 0 ? PS_E_INVALID_CODE : 0;
@@ -236,6 +381,17 @@ static int enqueue(struct signer_proc *s, const struct job *j)
 	return r;
 }
 
+/* A key whose token is failed or hung is refused here, at once: its jobs
+ * would only take workers from the other keys. */
+static int key_usable(struct signer_proc *s, uint16_t key)
+{
+	const char *state = NULL;
+
+	if (key >= s->n_keys)
+		return PS_E_NOT_FOUND;
+	return token_key_state(s->keys[key].token_key, &state) == 0 ? 0 : PS_E_TOKEN;
+}
+
 /* Reads messages until the front end hangs up or speaks nonsense. */
 static void serve(struct signer_proc *s)
 {
@@ -251,7 +407,7 @@ static void serve(struct signer_proc *s)
 			return;
 		}
 		if (m.h.type == SIGNER_MSG_PING) {
-			(void)signer_msg_send(s->fd, SIGNER_MSG_PONG, m.h.id, 0, NULL, 0);
+			answer_ping(s, &m);
 			continue;
 		}
 		if (m.h.type != SIGNER_MSG_ISSUE) {
@@ -260,6 +416,8 @@ static void serve(struct signer_proc *s)
 			return;
 		}
 		r = parse_issue(&m, &j);
+		if (r == 0)
+			r = key_usable(s, j.key);
 		if (r == 0)
 			r = enqueue(s, &j);
 		if (r < 0)
@@ -277,14 +435,20 @@ static void harden(void)
 	(void)prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 }
 
-static void stop_workers(struct signer_proc *s, pthread_t *threads, size_t n)
+/* Stops the workers and the monitor.  A thread hung in a module never
+ * returns: the process then stays until the front end kills it. */
+static void stop_threads(struct signer_proc *s, pthread_t *threads, size_t n,
+			 const pthread_t *mon)
 {
 	pthread_mutex_lock(&s->lock);
 	s->stopping = true;
 	pthread_cond_broadcast(&s->cond);
+	pthread_cond_broadcast(&s->monitor_wake);
 	pthread_mutex_unlock(&s->lock);
 	for (size_t i = 0; i < n; i++)
 		pthread_join(threads[i], NULL);
+	if (mon)
+		pthread_join(*mon, NULL);
 }
 
 static void free_proc(struct signer_proc *s)
@@ -294,40 +458,76 @@ static void free_proc(struct signer_proc *s)
 		ca_cert_free(s->keys[i].ca);
 	}
 	free(s->keys);
+	free(s->worker_since);
 	token_set_free(s->tokens);
 	config_free(s->cfg);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
+	pthread_cond_destroy(&s->monitor_wake);
+}
+
+static void init_proc(struct signer_proc *s, int fd)
+{
+	pthread_condattr_t attr;
+
+	s->fd = fd;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->monitor_wake, &attr);
+	pthread_condattr_destroy(&attr);
+}
+
+/* Starts the workers; returns how many started. */
+static size_t start_workers(struct signer_proc *s, pthread_t *threads, struct worker_arg *args)
+{
+	size_t n = 0;
+
+	for (; n < s->n_workers; n++) {
+		args[n] = (struct worker_arg){s, n};
+		if (pthread_create(&threads[n], NULL, worker, &args[n]) != 0)
+			break;
+	}
+	return n;
 }
 
 int signer_main(const char *config_path, int fd)
 {
 	static struct signer_proc s;
 	char err[CONFIG_ERROR_MAX];
-	pthread_t *threads = NULL;
+	pthread_t *threads = NULL, mon;
+	struct worker_arg *args = NULL;
 	size_t n_threads = 0;
+	bool mon_started = false;
 	int r;
 
 	harden();
-	s.fd = fd;
-	pthread_mutex_init(&s.lock, NULL);
-	pthread_cond_init(&s.cond, NULL);
+	init_proc(&s, fd);
 	if (getppid() == 1 || config_load(config_path, &s.cfg, err) < 0) {
 		log_error("%s", getppid() == 1 ? "the front end is gone" : err);
 		free_proc(&s);
 		return 1;
 	}
+	s.timeout_ms = s.cfg->request_timeout * 1000u;
+	s.n_workers = s.cfg->workers;
 	r = open_keys(&s);
 	if (r == 0)
 		r = send_hello(&s);
-	threads = r == 0 ? calloc(s.cfg->workers, sizeof(*threads)) : NULL;
-	for (; threads && n_threads < s.cfg->workers; n_threads++)
-		if (pthread_create(&threads[n_threads], NULL, worker, &s) != 0)
-			break;
-	if (threads && n_threads > 0)
+	if (r == 0) {
+		threads = calloc(s.n_workers, sizeof(*threads));
+		args = calloc(s.n_workers, sizeof(*args));
+		s.worker_since = calloc(s.n_workers, sizeof(*s.worker_since));
+	}
+	if (threads && args && s.worker_since)
+		n_threads = start_workers(&s, threads, args);
+	if (n_threads > 0)
+		mon_started = pthread_create(&mon, NULL, monitor, &s) == 0;
+	if (mon_started)
 		serve(&s);
-	stop_workers(&s, threads, n_threads);
+	stop_threads(&s, threads, n_threads, mon_started ? &mon : NULL);
 	free(threads);
+	free(args);
 	free_proc(&s);
-	return r == 0 && n_threads > 0 ? 0 : 1;
+	return r == 0 && mon_started ? 0 : 1;
 }

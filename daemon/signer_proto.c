@@ -48,6 +48,16 @@ int signer_msg_recv(int fd, struct signer_msg *m)
 	return 0;
 }
 
+int signer_read_u8(struct signer_reader *r, uint8_t *ret)
+{
+	if (r->left < 1)
+		return PS_E_INVALID_REQUEST;
+	*ret = *r->p;
+	r->p++;
+	r->left--;
+	return 0;
+}
+
 int signer_read_u16(struct signer_reader *r, uint16_t *ret)
 {
 	if (r->left < sizeof(*ret))
@@ -59,6 +69,16 @@ int signer_read_u16(struct signer_reader *r, uint16_t *ret)
 }
 
 int signer_read_u32(struct signer_reader *r, uint32_t *ret)
+{
+	if (r->left < sizeof(*ret))
+		return PS_E_INVALID_REQUEST;
+	memcpy(ret, r->p, sizeof(*ret));
+	r->p += sizeof(*ret);
+	r->left -= sizeof(*ret);
+	return 0;
+}
+
+int signer_read_u64(struct signer_reader *r, uint64_t *ret)
 {
 	if (r->left < sizeof(*ret))
 		return PS_E_INVALID_REQUEST;
@@ -100,6 +120,11 @@ void signer_write_bytes(struct signer_writer *w, const void *p, size_t n)
 	w->len += n;
 }
 
+void signer_write_u8(struct signer_writer *w, uint8_t v)
+{
+	signer_write_bytes(w, &v, sizeof(v));
+}
+
 void signer_write_u16(struct signer_writer *w, uint16_t v)
 {
 	signer_write_bytes(w, &v, sizeof(v));
@@ -109,6 +134,167 @@ void signer_write_u32(struct signer_writer *w, uint32_t v)
 {
 	signer_write_bytes(w, &v, sizeof(v));
 }
+
+void signer_write_u64(struct signer_writer *w, uint64_t v)
+{
+	signer_write_bytes(w, &v, sizeof(v));
+}
+
+/* ---- PING and STATUS ---- */
+
+int signer_encode_ping(struct signer_writer *w, uint32_t timeout_ms)
+{
+	signer_write_u16(w, SIGNER_PING_VERSION);
+	signer_write_u32(w, timeout_ms);
+	return w->err;
+}
+
+int signer_decode_ping(const uint8_t *payload, size_t len, uint32_t *ret_timeout_ms)
+{
+	struct signer_reader rd = {payload, len};
+	uint16_t version = 0;
+	uint32_t ms = 0;
+
+	if (len == 0) {
+		*ret_timeout_ms = 0;
+		return 0;
+	}
+	if (signer_read_u16(&rd, &version) < 0 || version != SIGNER_PING_VERSION ||
+	    signer_read_u32(&rd, &ms) < 0 || rd.left != 0)
+		return PS_E_INVALID_REQUEST;
+	*ret_timeout_ms = ms;
+	return 0;
+}
+
+/* A short text: u8 length, bytes. */
+static void write_text(struct signer_writer *w, const char *text, size_t max)
+{
+	size_t n = strnlen(text, max - 1);
+
+	signer_write_u8(w, (uint8_t)n);
+	signer_write_bytes(w, text, n);
+}
+
+static int read_text(struct signer_reader *rd, char *out, size_t max)
+{
+	const uint8_t *p = NULL;
+	uint8_t n = 0;
+
+	if (signer_read_u8(rd, &n) < 0 || n >= max || signer_read_bytes(rd, n, &p) < 0 ||
+	    memchr(p, 0, n))
+		return PS_E_INVALID_REQUEST;
+	memcpy(out, p, n);
+	out[n] = '\0';
+	return 0;
+}
+
+int signer_encode_status(struct signer_writer *w, const struct signer_status *st)
+{
+	signer_write_u16(w, SIGNER_STATUS_VERSION);
+	signer_write_u32(w, st->monitor_busy_ms);
+	signer_write_u32(w, st->sessions_in_use);
+	signer_write_u16(w, st->n_workers);
+	for (size_t i = 0; i < st->n_workers; i++)
+		signer_write_u32(w, st->worker_busy_ms[i]);
+	signer_write_u16(w, st->n_keys);
+	for (size_t i = 0; i < st->n_keys; i++) {
+		signer_write_u8(w, st->keys[i].ready);
+		write_text(w, st->keys[i].state, sizeof(st->keys[i].state));
+	}
+	signer_write_u16(w, st->n_errors);
+	for (size_t i = 0; i < st->n_errors; i++) {
+		write_text(w, st->errors[i].name, sizeof(st->errors[i].name));
+		signer_write_u64(w, st->errors[i].count);
+	}
+	return w->err;
+}
+
+void signer_status_free(struct signer_status *st)
+{
+	if (!st)
+		return;
+	free(st->worker_busy_ms);
+	free(st->keys);
+	free(st->errors);
+	free(st);
+}
+
+static int decode_workers(struct signer_reader *rd, struct signer_status *st)
+{
+	if (signer_read_u16(rd, &st->n_workers) < 0 || st->n_workers > SIGNER_WORKERS_MAX)
+		return PS_E_INVALID_REQUEST;
+	st->worker_busy_ms = calloc(st->n_workers + 1, sizeof(*st->worker_busy_ms));
+	if (!st->worker_busy_ms)
+		return PS_E_NOMEM;
+	for (size_t i = 0; i < st->n_workers; i++)
+		if (signer_read_u32(rd, &st->worker_busy_ms[i]) < 0)
+			return PS_E_INVALID_REQUEST;
+	return 0;
+}
+
+static int decode_keys(struct signer_reader *rd, struct signer_status *st)
+{
+	if (signer_read_u16(rd, &st->n_keys) < 0 || st->n_keys > SIGNER_KEYS_MAX)
+		return PS_E_INVALID_REQUEST;
+	st->keys = calloc(st->n_keys + 1, sizeof(*st->keys));
+	if (!st->keys)
+		return PS_E_NOMEM;
+	for (size_t i = 0; i < st->n_keys; i++) {
+		uint8_t ready = 0;
+
+		if (signer_read_u8(rd, &ready) < 0 || ready > 1 ||
+		    read_text(rd, st->keys[i].state, sizeof(st->keys[i].state)) < 0)
+			return PS_E_INVALID_REQUEST;
+		st->keys[i].ready = ready;
+	}
+	return 0;
+}
+
+static int decode_errors(struct signer_reader *rd, struct signer_status *st)
+{
+	if (signer_read_u16(rd, &st->n_errors) < 0 || st->n_errors > SIGNER_ERRORS_MAX)
+		return PS_E_INVALID_REQUEST;
+	st->errors = calloc(st->n_errors + 1, sizeof(*st->errors));
+	if (!st->errors)
+		return PS_E_NOMEM;
+	for (size_t i = 0; i < st->n_errors; i++)
+		if (read_text(rd, st->errors[i].name, sizeof(st->errors[i].name)) < 0 ||
+		    st->errors[i].name[0] == '\0' ||
+		    signer_read_u64(rd, &st->errors[i].count) < 0)
+			return PS_E_INVALID_REQUEST;
+	return 0;
+}
+
+int signer_decode_status(const uint8_t *payload, size_t len, struct signer_status **ret)
+{
+	struct signer_reader rd = {payload, len};
+	struct signer_status *st = calloc(1, sizeof(*st));
+	uint16_t version = 0;
+	int r;
+
+	if (!st)
+		return PS_E_NOMEM;
+	if (signer_read_u16(&rd, &version) < 0 || version != SIGNER_STATUS_VERSION ||
+	    signer_read_u32(&rd, &st->monitor_busy_ms) < 0 ||
+	    signer_read_u32(&rd, &st->sessions_in_use) < 0)
+		r = PS_E_INVALID_REQUEST;
+	else
+		r = decode_workers(&rd, st);
+	if (r == 0)
+		r = decode_keys(&rd, st);
+	if (r == 0)
+		r = decode_errors(&rd, st);
+	if (r == 0 && rd.left != 0)
+		r = PS_E_INVALID_REQUEST;
+	if (r < 0) {
+		signer_status_free(st);
+		return r;
+	}
+	*ret = st;
+	return 0;
+}
+
+/* ---- ISSUED ---- */
 
 int signer_encode_issued(struct signer_writer *w, const struct issued *c)
 {
