@@ -1,5 +1,8 @@
-/* token.c against a real SoftHSM2 token made by tests/make-token.sh, every
+/* token*.c against a real SoftHSM2 token made by tests/make-token.sh, every
  * signature checked with OpenSSL against the CA certificate's public key.
+ * The "faults" case reaches the token through the fault-injecting module of
+ * tests/fakes (FAULTY_PKCS11_PATH, else <build>/tests/fakes) and counts what
+ * token.c asked of it in the module's call log.
  *
  * main() makes one shared token (ec256 rsa2048 ec384) that no test changes;
  * a test that changes a token (wrong PIN, new objects) makes its own, so no
@@ -14,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -30,6 +34,7 @@
 static char base[64];       /* removed at the end */
 static char shared[128];    /* the shared token's directory */
 static const char *module_path;
+static char faulty_path[4096]; /* the fault-injecting module (tests/fakes) */
 
 /* ---- helpers ---- */
 
@@ -672,6 +677,310 @@ START_TEST(certificate_from_token)
 }
 END_TEST
 
+/* ---- faults, through the fault-injecting module (tests/fakes/README.md) ----
+ * Each test runs in its own process (Check forks), which loads the module
+ * afresh with its own control file and call log. */
+
+static char control[256], calls[256];
+
+static long long mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void faults(const char *text)
+{
+	char tmp[300];
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", control);
+	write_file(tmp, text, 0600);
+	ck_assert_int_eq(rename(tmp, control), 0);
+}
+
+/* Lines of the call log equal to line, from line number `from` on. */
+static int count_calls(const char *line, int from)
+{
+	char buf[256];
+	int n = 0, at = 0;
+	FILE *f = fopen(calls, "r");
+
+	if (!f)
+		return 0;
+	while (fgets(buf, sizeof(buf), f)) {
+		buf[strcspn(buf, "\n")] = '\0';
+		if (at++ >= from && strcmp(buf, line) == 0)
+			n++;
+	}
+	fclose(f);
+	return n;
+}
+
+static int log_lines(void)
+{
+	char buf[256];
+	int n = 0;
+	FILE *f = fopen(calls, "r");
+
+	while (f && fgets(buf, sizeof(buf), f))
+		n++;
+	if (f)
+		fclose(f);
+	return n;
+}
+
+/* A set of `sessions` sessions holding the shared token's ec256 key through
+ * the fault-injecting module; calls into it hang no longer than 300 ms. */
+static struct token_set *faulty_set(unsigned sessions, struct token_key **k)
+{
+	struct token_set *set = new_set(sessions);
+
+	snprintf(control, sizeof(control), "%s/control-%d", base, (int)getpid());
+	snprintf(calls, sizeof(calls), "%s/calls-%d", base, (int)getpid());
+	setenv("FAULTY_PKCS11_MODULE", module_path, 1);
+	setenv("FAULTY_PKCS11_CONTROL", control, 1);
+	setenv("FAULTY_PKCS11_LOG", calls, 1);
+	faults("");
+	ck_assert_msg(access(faulty_path, R_OK) == 0, "no fault-injecting module at %s "
+		      "(build it, or set FAULTY_PKCS11_PATH)", faulty_path);
+	token_set_timeout(set, 300);
+	ck_assert_int_eq(add(set, uri_of("pkcs11:token=popsign-test;object=ec256;type=private"
+					 "?module-path=%s&pin-source=file:%s/user.pin",
+					 faulty_path, shared), k), 0);
+	sign_and_verify(shared, *k, "ec256", 64);
+	return set;
+}
+
+/* Runs the maintenance loop until k's state is want, at most ms. */
+static bool maintain_until(struct token_set *set, struct token_key *k, const char *want, int ms)
+{
+	long long end = mono_ms() + ms;
+	const char *state = NULL;
+
+	for (;;) {
+		(void)token_key_state(k, &state);
+		if (strcmp(state, want) == 0)
+			return true;
+		if (mono_ms() > end)
+			return false;
+		usleep(token_set_maintain(set) * 1000u);
+	}
+}
+
+struct counted {
+	const char *name;
+	unsigned long long n;
+};
+
+static void count_cb(void *ctx, const char *name, unsigned long long n)
+{
+	struct counted *c = ctx;
+
+	if (strcmp(name, c->name) == 0)
+		c->n = n;
+}
+
+START_TEST(device_gone_fails_fast_and_recovers)
+{
+	struct token_key *k = NULL;
+	struct token_set *set = faulty_set(2, &k);
+	struct counted removed = { "CKR_DEVICE_REMOVED", 0 };
+	const char *state = NULL;
+	uint8_t sig[TOKEN_SIG_MAX];
+	size_t len = 0;
+	long long t0;
+	int lines;
+
+	faults("* fail CKR_DEVICE_REMOVED\n");
+	ck_assert_int_eq(sign_msg(k, "ec256", "m", 1, sig, &len), PS_E_TOKEN);
+	ck_assert_int_eq(token_key_state(k, &state), PS_E_TOKEN);
+	ck_assert_str_eq(state, "token not present");
+	token_errors_foreach(count_cb, &removed);
+	ck_assert_uint_ge(removed.n, 1);
+	/* While failed, signatures fail at once without calling the module. */
+	lines = log_lines();
+	t0 = mono_ms();
+	for (int i = 0; i < 100; i++)
+		ck_assert_int_eq(sign_msg(k, "ec256", "m", 1, sig, &len), PS_E_TOKEN);
+	ck_assert_int_lt(mono_ms() - t0, 100);
+	ck_assert_int_eq(log_lines(), lines);
+	/* Recovery attempts fail while the device is away, then succeed. */
+	ck_assert(!maintain_until(set, k, "ready", 1200));
+	ck_assert_int_eq(count_calls("C_Login CKR_OK", 0), 1);
+	lines = log_lines();
+	faults("");
+	ck_assert_msg(maintain_until(set, k, "ready", 6000), "not recovered");
+	ck_assert_int_eq(count_calls("C_Login CKR_OK", lines), 1);
+	sign_and_verify(shared, k, "ec256", 64);
+	sign_and_verify(shared, k, "ec256", 64);
+	ck_assert_int_eq(count_calls("C_Login CKR_OK", lines), 1);
+	token_set_free(set);
+}
+END_TEST
+
+START_TEST(probe_notices_without_signatures)
+{
+	struct token_key *k = NULL;
+	struct token_set *set = faulty_set(1, &k);
+
+	faults("* fail CKR_TOKEN_NOT_PRESENT\n");
+	/* The probe comes at most every 2 s: C_GetSessionInfo, C_GetTokenInfo. */
+	ck_assert_msg(maintain_until(set, k, "token not present", 3000), "probe missed it");
+	ck_assert_int_ge(count_calls("C_GetSessionInfo CKR_TOKEN_NOT_PRESENT", 0), 1);
+	faults("");
+	ck_assert(maintain_until(set, k, "ready", 6000));
+	sign_and_verify(shared, k, "ec256", 64);
+	token_set_free(set);
+}
+END_TEST
+
+START_TEST(uninitialised_module_is_reinitialised)
+{
+	struct token_key *k = NULL;
+	struct token_set *set = faulty_set(2, &k);
+	uint8_t sig[TOKEN_SIG_MAX];
+	size_t len = 0;
+
+	faults("* fail CKR_CRYPTOKI_NOT_INITIALIZED\n");
+	ck_assert_int_eq(sign_msg(k, "ec256", "m", 1, sig, &len), PS_E_TOKEN);
+	ck_assert(maintain_until(set, k, "module not initialised", 100));
+	ck_assert(!maintain_until(set, k, "ready", 600));
+	faults("");
+	ck_assert(maintain_until(set, k, "ready", 6000));
+	/* C_Finalize + C_Initialize, and the handles of before were dropped. */
+	ck_assert_int_ge(count_calls("C_Finalize CKR_OK", 0), 1);
+	ck_assert_int_ge(count_calls("C_Initialize CKR_OK", 0), 2);
+	sign_and_verify(shared, k, "ec256", 64);
+	token_set_free(set);
+}
+END_TEST
+
+struct signer_arg {
+	struct token_key *k;
+	int rounds;
+	int failures;
+	int result;
+};
+
+static void *sign_rounds(void *p)
+{
+	struct signer_arg *a = p;
+	static const char msg[] = "to be signed";
+
+	for (int i = 0; i < a->rounds; i++) {
+		uint8_t sig[TOKEN_SIG_MAX];
+		size_t len = 0;
+
+		a->result = sign_msg(a->k, "ec256", msg, sizeof(msg), sig, &len);
+		if (a->result != 0 || !verify(shared, "ec256", msg, sizeof(msg), sig, len))
+			a->failures++;
+	}
+	return NULL;
+}
+
+START_TEST(login_lost_is_redone_once)
+{
+	struct token_key *k = NULL;
+	struct token_set *set = faulty_set(2, &k);
+	struct signer_arg a[2] = { { k, 20, 0, 0 }, { k, 20, 0, 0 } };
+	pthread_t th[2];
+	int lines = log_lines();
+
+	faults("C_Sign fail CKR_USER_NOT_LOGGED_IN once\n");
+	sign_and_verify(shared, k, "ec256", 64);
+	ck_assert_int_eq(count_calls("C_Login CKR_OK", lines), 1);
+	/* Both sessions find the key again after the new login. */
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, sign_rounds, &a[i]), 0);
+	for (int i = 0; i < 2; i++) {
+		pthread_join(th[i], NULL);
+		ck_assert_int_eq(a[i].failures, 0);
+	}
+	ck_assert_int_eq(count_calls("C_Login CKR_OK", lines), 1);
+	ck_assert_int_eq(count_calls("C_SignInit CKR_OBJECT_HANDLE_INVALID", lines), 0);
+	token_set_free(set);
+}
+END_TEST
+
+START_TEST(pin_refused_is_final)
+{
+	struct token_key *k = NULL;
+	struct token_set *set = faulty_set(1, &k);
+	const char *state = NULL;
+	uint8_t sig[TOKEN_SIG_MAX];
+	size_t len = 0;
+	int lines;
+
+	faults("C_Login fail CKR_PIN_INCORRECT\nC_Sign fail CKR_USER_NOT_LOGGED_IN once\n");
+	ck_assert_int_eq(sign_msg(k, "ec256", "m", 1, sig, &len), PS_E_TOKEN);
+	ck_assert_int_eq(count_calls("C_Login CKR_PIN_INCORRECT", 0), 1);
+	ck_assert_int_eq(token_key_state(k, &state), PS_E_PIN);
+	ck_assert_str_eq(state, "PIN refused");
+	lines = log_lines();
+	faults("");
+	ck_assert(!maintain_until(set, k, "ready", 2500));
+	ck_assert_int_eq(sign_msg(k, "ec256", "m", 1, sig, &len), PS_E_TOKEN);
+	ck_assert_int_eq(token_key_state(k, &state), PS_E_PIN);
+	/* Nothing at all was asked of the module since. */
+	ck_assert_int_eq(log_lines(), lines);
+	token_set_free(set);
+}
+END_TEST
+
+START_TEST(hung_call_makes_others_fail_fast)
+{
+	struct token_key *k = NULL;
+	struct token_set *set = faulty_set(2, &k);
+	struct signer_arg a = { k, 1, 0, -1 };
+	const char *state = NULL;
+	uint8_t sig[TOKEN_SIG_MAX];
+	size_t len = 0;
+	long long t0;
+	pthread_t th;
+
+	faults("C_Sign hang\n");
+	ck_assert_int_eq(pthread_create(&th, NULL, sign_rounds, &a), 0);
+	usleep(100 * 1000);
+	ck_assert_uint_eq(token_set_sessions_in_use(set), 1);
+	ck_assert_int_eq(token_key_state(k, &state), 0);
+	/* Past the 300 ms timeout the token is "not responding". */
+	usleep(300 * 1000);
+	ck_assert_int_eq(token_key_state(k, &state), PS_E_TOKEN);
+	ck_assert_str_eq(state, "not responding");
+	t0 = mono_ms();
+	ck_assert_int_eq(sign_msg(k, "ec256", "m", 1, sig, &len), PS_E_TOKEN);
+	ck_assert_int_lt(mono_ms() - t0, 50);
+	faults("");
+	pthread_join(th, NULL);
+	/* The hung call returned what the module said when released. */
+	ck_assert_int_eq(a.result, 0);
+	ck_assert_int_eq(a.failures, 0);
+	ck_assert_int_eq(token_key_state(k, &state), 0);
+	ck_assert_uint_eq(token_set_sessions_in_use(set), 0);
+	sign_and_verify(shared, k, "ec256", 64);
+	token_set_free(set);
+}
+END_TEST
+
+START_TEST(other_failures_leave_the_token_ready)
+{
+	struct token_key *k = NULL;
+	struct token_set *set = faulty_set(1, &k);
+	const char *state = NULL;
+	uint8_t sig[TOKEN_SIG_MAX];
+	size_t len = 0;
+
+	/* A code that says nothing about the token fails only this signature. */
+	faults("C_Sign fail CKR_FUNCTION_FAILED once\n");
+	ck_assert_int_eq(sign_msg(k, "ec256", "m", 1, sig, &len), PS_E_TOKEN);
+	ck_assert_int_eq(token_key_state(k, &state), 0);
+	sign_and_verify(shared, k, "ec256", 64);
+	token_set_free(set);
+}
+END_TEST
+
 START_TEST(free_null)
 {
 	token_set_free(NULL);
@@ -703,7 +1012,36 @@ static Suite *token_suite(void)
 	tcase_add_test(tc, certificate_from_token);
 	tcase_add_test(tc, free_null);
 	suite_add_tcase(s, tc);
+
+	tc = tcase_create("faults");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, device_gone_fails_fast_and_recovers);
+	tcase_add_test(tc, probe_notices_without_signatures);
+	tcase_add_test(tc, uninitialised_module_is_reinitialised);
+	tcase_add_test(tc, login_lost_is_redone_once);
+	tcase_add_test(tc, pin_refused_is_final);
+	tcase_add_test(tc, hung_call_makes_others_fail_fast);
+	tcase_add_test(tc, other_failures_leave_the_token_ready);
+	suite_add_tcase(s, tc);
 	return s;
+}
+
+/* FAULTY_PKCS11_PATH, or the module meson builds beside this test in
+ * <build>/tests/fakes. */
+static void faulty_module_path(void)
+{
+	char exe[2048];
+	ssize_t n;
+
+	if (getenv("FAULTY_PKCS11_PATH")) {
+		snprintf(faulty_path, sizeof(faulty_path), "%s", getenv("FAULTY_PKCS11_PATH"));
+		return;
+	}
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	exe[n > 0 ? n : 0] = '\0';
+	if (strrchr(exe, '/'))
+		*strrchr(exe, '/') = '\0';
+	snprintf(faulty_path, sizeof(faulty_path), "%s/fakes/libpopsign-faulty-pkcs11.so", exe);
 }
 
 int main(void)
@@ -713,6 +1051,7 @@ int main(void)
 	int failed;
 
 	module_path = getenv("POPSIGN_TEST_MODULE") ?: "/usr/lib/softhsm/libsofthsm2.so";
+	faulty_module_path();
 	if (!getenv("MAKE_TOKEN")) {
 		fprintf(stderr, "MAKE_TOKEN is not set (run through meson test)\n");
 		return EXIT_FAILURE;
