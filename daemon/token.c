@@ -255,7 +255,7 @@ void session_give(struct token *t, struct session *s)
 	pthread_mutex_unlock(&t->lock);
 }
 
-static void session_forget_handles(struct session *s)
+void session_forget_handles(struct session *s)
 {
 	for (size_t i = 0; i < s->n_keys; i++)
 		s->keys[i] = CK_INVALID_HANDLE;

@@ -94,8 +94,7 @@ int session_repair(struct token *t, struct session *s, CK_RV rv, struct p11_fail
 		return token_login(t, s, f);
 	default:
 		/* The key handle: found again on the next try. */
-		for (size_t i = 0; i < s->n_keys; i++)
-			s->keys[i] = CK_INVALID_HANDLE;
+		session_forget_handles(s);
 		return 0;
 	}
 }
@@ -128,8 +127,10 @@ void token_fail(struct token *t, const struct session *s, enum token_fault fault
 		log_error("token %s: the token refused the PIN: not logging in again; its keys "
 			  "stay unavailable until popsignd is restarted or reloaded", t->label);
 	else if (was_ready)
-		log_error("token %s: %s (%s): its keys fail at once until it recovers; "
-			  "recovering in the background", t->label, fault_name(fault), ckr_name(rv));
+		log_error("token %s: %s%s%s%s: its keys fail at once until it recovers; "
+			  "recovering in the background", t->label, fault_name(fault),
+			  rv != CKR_OK ? " (" : "", rv != CKR_OK ? ckr_name(rv) : "",
+			  rv != CKR_OK ? ")" : "");
 }
 
 bool token_stuck_locked(const struct token *t, long long now)
@@ -158,8 +159,13 @@ static int probe_session(struct token *t, struct session *s, struct p11_fail *f)
 	rv = fl->C_GetSessionInfo(s->h, &info);
 	if (rv != CKR_OK)
 		return fail_token(f, "C_GetSessionInfo", rv);
-	if (t->pin_known && info.state != CKS_RO_USER_FUNCTIONS && info.state != CKS_RW_USER_FUNCTIONS)
-		return fail_token(f, "C_GetSessionInfo", CKR_USER_NOT_LOGGED_IN);
+	if (t->pin_known && info.state != CKS_RO_USER_FUNCTIONS &&
+	    info.state != CKS_RW_USER_FUNCTIONS) {
+		/* Logged out behind our back: no call failed, so none is counted. */
+		f->call = "C_GetSessionInfo";
+		f->rv = CKR_USER_NOT_LOGGED_IN;
+		return PS_E_TOKEN;
+	}
 	pthread_mutex_lock(&t->lock);
 	slot = t->slot;
 	pthread_mutex_unlock(&t->lock);

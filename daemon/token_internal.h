@@ -179,6 +179,9 @@ void session_give(struct token *t, struct session *s);
  * forgets key handles found under an older login. */
 int session_prepare(struct token *t, struct session *s, struct p11_fail *f);
 
+/* Forgets the key handles found in s: they are searched for again. */
+void session_forget_handles(struct session *s);
+
 /* Closes s (unless its handle is from an older epoch) and forgets it. */
 void session_drop(struct token *t, struct session *s);
 
