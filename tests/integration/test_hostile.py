@@ -301,9 +301,11 @@ def auth_cases():
                         ('the token twice', b'Bearer ' + t + t),
                         ('the token, a NUL and more', b'Bearer ' + t + b'\x00x'),
                         ('the token and a NUL', b'Bearer ' + t + b'\x00')):
-        # A NUL in a field value is malformed HTTP: libmicrohttpd may refuse it
-        # (400) or pass it on; either way the caller is not authenticated.
-        expect = one_of(UNAUTHORIZED, mhd(400)) if b'\x00' in value else UNAUTHORIZED
+        # A NUL in a field value is malformed HTTP, but libmicrohttpd 0.9.75
+        # cuts the value at the NUL before popsignd can see it (even
+        # MHD_lookup_connection_value_n() reports the cut length): popsignd
+        # sees the good token alone, which gains the caller nothing.
+        expect = one_of(UNAUTHORIZED, mhd(400), ok(200)) if b'\x00' in value else UNAUTHORIZED
         yield 'Authorization: %s' % what, with_auth_value(value), expect
     yield 'garbage Authorization on /healthz', \
         with_auth_value(b'\xff\x01 nonsense', path='/healthz'), ok(200)
@@ -322,8 +324,11 @@ def path_cases():
         yield 'GET %s' % path[:80], get(path), NOT_FOUND
     yield 'GET /v1/keys/alpha (percent-encoded letter)', get('/v1/keys/al%70ha'), ok(200)
     yield 'GET /v1/keys/alpha?x=1 (query ignored)', get('/v1/keys/alpha?x=1'), ok(200)
+    # libmicrohttpd 0.9.75 hands over the target cut at a raw NUL (unlike
+    # %00, which popsignd sees before it is decoded): /healthz\0x is /healthz.
     yield 'raw NUL in the path', \
-        b'GET /healthz\x00x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n', one_of(NOT_FOUND, mhd(400))
+        b'GET /healthz\x00x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n', \
+        one_of(NOT_FOUND, mhd(400), ok(200))
     yield 'raw UTF-8 in the path', get('/v1/keys/\u00e9'.encode().decode('latin-1')), NOT_FOUND
     yield '65-character key, restricted caller', \
         get('/v1/keys/' + 'a' * 65, caller=limited), api(403, 'forbidden')
@@ -699,7 +704,7 @@ def broken_service(failures):
 
 
 class MemoryTest(unittest.TestCase):
-    ROUNDS = 4
+    ROUNDS = 20
     BOUND_KIB = 2048
 
     def test_memory_flat_over_the_corpus(self):
