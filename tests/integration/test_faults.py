@@ -382,6 +382,20 @@ class HangTest(Base):
         self.wait_ready(True)
         self.assertIn('the signer process is back', self.daemon.stderr)
 
+    def test_stop_while_hung(self):
+        """SIGTERM while a restarted signer still hangs at start: popsignd
+        exits 0 at once all the same."""
+        self.faults('C_Sign hang\n')
+        self.hung_requests(self.workers)
+        t0 = time.monotonic()
+        while 'killing the signer' not in self.daemon.stderr:
+            self.assertLess(time.monotonic() - t0, WATCHDOG + 3, 'the watchdog did not act')
+            time.sleep(0.2)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        self.daemon.stop()
+        self.assertLess(time.monotonic() - t0, 3, 'stopping took too long')
+
 
 if __name__ == '__main__':
     h.main()
