@@ -38,6 +38,9 @@
  * log holds its thread, so more threads than token sessions keep the
  * sessions busy and let audit records share an fdatasync. */
 #define HTTP_THREADS_PER_WORKER 4
+/* A chunked body has no length up front: past HTTP_BODY_MAX it is read and
+ * dropped up to this many bytes (to answer 413), then the connection is cut. */
+#define HTTP_DISCARD_MAX (64 * 1024)
 
 /* What a request is served with: swapped whole on reload, freed when the
  * last request holding it is done. */
@@ -90,8 +93,10 @@ struct request {
 	char key[CONFIG_NAME_MAX + 1];
 	size_t key_index;
 	unsigned retry_after;            /* seconds, for 429 and 503 */
+	int early_error;                 /* decided from the headers, answered at the end */
 	struct sign_request sign;        /* parsed body of the signing route */
 	bool too_large;
+	size_t discarded;                /* body bytes dropped past HTTP_BODY_MAX */
 	size_t body_len;
 	char body[HTTP_BODY_MAX + 1];
 };
@@ -308,22 +313,20 @@ static enum MHD_Result respond_error(struct MHD_Connection *conn, struct request
 
 /* ---- routing ------------------------------------------------------------ */
 
-/* Matches url against pattern; "{key}" takes one non-empty segment of at
- * most CONFIG_NAME_MAX bytes into key. */
-static bool route_match(const char *pattern, const char *url, char key[CONFIG_NAME_MAX + 1],
-			bool *key_too_long)
+/* Matches url against pattern; "{key}" takes one segment that could be a
+ * key name (config_name_valid()) into key: nothing else can name a key. */
+static bool route_match(const char *pattern, const char *url, char key[CONFIG_NAME_MAX + 1])
 {
 	while (*pattern && *url) {
 		if (strncmp(pattern, "{key}", 5) == 0) {
 			size_t n = strcspn(url, "/");
 
-			if (n == 0)
+			if (n == 0 || n > CONFIG_NAME_MAX)
 				return false;
-			*key_too_long = n > CONFIG_NAME_MAX;
-			if (!*key_too_long) {
-				memcpy(key, url, n);
-				key[n] = '\0';
-			}
+			memcpy(key, url, n);
+			key[n] = '\0';
+			if (!config_name_valid(key))
+				return false;
 			pattern += 5;
 			url += n;
 			continue;
@@ -336,11 +339,10 @@ static bool route_match(const char *pattern, const char *url, char key[CONFIG_NA
 	return *pattern == '\0' && *url == '\0';
 }
 
-static const struct route *route_find(const char *url, char key[CONFIG_NAME_MAX + 1],
-				      bool *key_too_long)
+static const struct route *route_find(const char *url, char key[CONFIG_NAME_MAX + 1])
 {
 	for (size_t i = 0; i < ELEMENTSOF(routes); i++)
-		if (route_match(routes[i].pattern, url, key, key_too_long))
+		if (route_match(routes[i].pattern, url, key))
 			return &routes[i];
 	key[0] = '\0';
 	return NULL;
@@ -355,12 +357,9 @@ static bool method_allowed(const struct route *route, const char *method)
 
 /* Callers not allowed every key learn nothing about keys they may not use:
  * 403, whether the key exists or not. */
-static int resolve_key(struct request *req, bool key_too_long)
+static int resolve_key(struct request *req)
 {
-	bool may = !key_too_long && config_name_valid(req->key) &&
-		   auth_may_use_key(req->client, req->key);
-
-	if (!may)
+	if (!auth_may_use_key(req->client, req->key))
 		return req->client->all_keys ? PS_E_NOT_FOUND : PS_E_FORBIDDEN;
 	return signer_find_key(req->rt->signer, req->key, &req->key_index);
 }
@@ -377,6 +376,14 @@ static bool media_type_is(const char *value, const char *type)
 	return *value == '\0' || *value == ';';
 }
 
+static enum MHD_Result count_content_length(void *cls, enum MHD_ValueKind kind,
+					   const char *key, const char *value)
+{
+	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+		(*(unsigned *)cls)++;
+	return MHD_YES;
+}
+
 /* Checks the body's headers before any of it is read. */
 static int check_body_headers(struct MHD_Connection *conn)
 {
@@ -384,8 +391,15 @@ static int check_body_headers(struct MHD_Connection *conn)
 						       MHD_HTTP_HEADER_CONTENT_TYPE);
 	const char *length = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 							 MHD_HTTP_HEADER_CONTENT_LENGTH);
+	const char *coding = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+							 MHD_HTTP_HEADER_TRANSFER_ENCODING);
 	unsigned long long n = 0;
+	unsigned lengths = 0;
 
+	/* Framing a proxy could read otherwise (RFC 9112 6.3): refused. */
+	(void)MHD_get_connection_values(conn, MHD_HEADER_KIND, count_content_length, &lengths);
+	if (lengths > 1 || (coding && strcasecmp(coding, "chunked") != 0))
+		return PS_E_INVALID_REQUEST;
 	if (length && parse_uint(length, 0, HTTP_BODY_MAX, &n) < 0)
 		return PS_E_TOO_LARGE; /* MHD has already refused malformed lengths */
 	if (!media_type_is(type, MEDIA_JSON))
@@ -423,10 +437,9 @@ static int authenticate(struct request *req, struct MHD_Connection *conn)
 static int request_begin(struct request *req, struct MHD_Connection *conn, const char *url,
 			 const char *method)
 {
-	bool key_too_long = false;
 	int r;
 
-	req->route = route_find(url, req->key, &key_too_long);
+	req->route = route_find(url, req->key);
 	if (!req->route)
 		return PS_E_NOT_FOUND;
 	if (!method_allowed(req->route, method))
@@ -435,7 +448,7 @@ static int request_begin(struct request *req, struct MHD_Connection *conn, const
 		return 0;
 	r = authenticate(req, conn);
 	if (r == 0 && strstr(req->route->pattern, "{key}"))
-		r = resolve_key(req, key_too_long);
+		r = resolve_key(req);
 	if (r == 0 && req->route->sign) {
 		r = limits_take(req->rt->limits, (size_t)(req->client - req->rt->cfg->clients),
 				&req->retry_after);
@@ -501,6 +514,23 @@ static struct request *request_new(struct listener *l, struct MHD_Connection *co
 
 /* ---- the libmicrohttpd callbacks ----------------------------------------- */
 
+/* Keeps up to HTTP_BODY_MAX bytes; drops more up to HTTP_DISCARD_MAX, then
+ * hangs up: libmicrohttpd cannot answer in the middle of an upload. */
+static enum MHD_Result take_body(struct request *req, const char *data, size_t *size)
+{
+	if (!req->route || !req->route->sign || req->early_error < 0)
+		req->too_large = true; /* no body belongs here: dropped */
+	if (!req->too_large && *size <= HTTP_BODY_MAX - req->body_len) {
+		memcpy(req->body + req->body_len, data, *size);
+		req->body_len += *size;
+	} else {
+		req->too_large = true;
+		req->discarded += *size;
+	}
+	*size = 0;
+	return req->discarded > HTTP_DISCARD_MAX ? MHD_NO : MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload,
 				  size_t *upload_size, void **con_cls)
@@ -514,21 +544,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_NO;
 		*con_cls = req;
 		r = request_begin(req, conn, url, method);
-		if (r < 0)
+		/* A refused body is not read; anything else is answered on the
+		 * last call, which keeps the connection open for the next request. */
+		if (r < 0 && req->route && req->route->sign)
 			return respond_error(conn, req, r, NULL);
-		return req->route->sign ? MHD_YES : req->route->handler(req, conn);
-	}
-	if (*upload_size > 0) {
-		/* Chunked bodies have no length up front: count while they stream. */
-		if (req->too_large || *upload_size > HTTP_BODY_MAX - req->body_len)
-			req->too_large = true;
-		else
-			memcpy(req->body + req->body_len, upload, *upload_size);
-		if (!req->too_large)
-			req->body_len += *upload_size;
-		*upload_size = 0;
+		req->early_error = r;
 		return MHD_YES;
 	}
+	if (*upload_size > 0)
+		return take_body(req, upload, upload_size);
+	if (req->early_error < 0)
+		return respond_error(conn, req, req->early_error, NULL);
 	if (req->too_large)
 		return respond_error(conn, req, PS_E_TOO_LARGE, NULL);
 	return req->route->handler(req, conn);
@@ -682,15 +708,58 @@ static enum MHD_Result handle_sign(struct request *req, struct MHD_Connection *c
 	return ret;
 }
 
-/* 200 when the signer is up and answering, 503 otherwise. */
+/* 200 when every key can sign, else 503; each key's state comes from the
+ * signer's background probes, never from a probe made for this request. */
 static enum MHD_Result handle_readyz(struct request *req, struct MHD_Connection *conn)
 {
-	bool up = signer_alive(req->rt->signer);
+	struct signer *s = req->rt->signer;
+	json_t *keys = json_object();
+	bool ready = true;
 
-	if (!up)
+	for (size_t i = 0; keys && i < signer_key_count(s); i++) {
+		const char *state = "unknown";
+
+		if (signer_key_ready(s, i, &state) < 0)
+			ready = false;
+		if (json_object_set_new(keys, signer_key_name(s, i), json_string(state)) < 0) {
+			json_decref(keys);
+			keys = NULL;
+		}
+	}
+	if (!keys)
+		return respond_error(conn, req, PS_E_NOMEM, NULL);
+	if (!ready)
 		req->retry_after = 1;
-	return respond_json(conn, req, up ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
-			    json_pack("{s:s}", "status", up ? "ready" : "unavailable"));
+	return respond_json(conn, req, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
+			    json_pack("{s:s,s:o}", "status", ready ? "ready" : "unavailable",
+				      "keys", keys));
+}
+
+static void count_token_error(void *ctx, const char *ckr_name, unsigned long long count)
+{
+	metric_raise(metrics_counter(ctx, "popsign_token_errors_total",
+				     "Failed PKCS#11 calls in the signer, by CKR_ code", "ckr",
+				     ckr_name, NULL),
+		     count);
+}
+
+/* The signer's view, copied into the registry when it is scraped. */
+static void update_signer_metrics(struct metrics *m, struct signer *s)
+{
+	metric_set(metrics_gauge(m, "popsign_signer_up",
+				 "Whether the signer process is up and answering", NULL),
+		   signer_alive(s) ? 1 : 0);
+	metric_set(metrics_gauge(m, "popsign_token_sessions_in_use",
+				 "Token sessions signing right now", NULL),
+		   signer_sessions_in_use(s));
+	for (size_t i = 0; i < signer_key_count(s); i++) {
+		const char *state = NULL;
+
+		metric_set(metrics_gauge(m, "popsign_key_ready", "Whether a key can sign (1) or "
+					 "not (0)", "key", signer_key_name(s, i), NULL),
+			   signer_key_ready(s, i, &state) == 0 ? 1 : 0);
+	}
+	signer_token_errors(s, count_token_error, m);
 }
 
 static enum MHD_Result handle_metrics(struct request *req, struct MHD_Connection *conn)
@@ -699,9 +768,7 @@ static enum MHD_Result handle_metrics(struct request *req, struct MHD_Connection
 	size_t len = 0;
 	struct MHD_Response *resp;
 
-	metric_set(metrics_gauge(req->srv->metrics, "popsign_signer_up",
-				 "Whether the signer process is up and answering", NULL),
-		   signer_alive(req->rt->signer) ? 1 : 0);
+	update_signer_metrics(req->srv->metrics, req->rt->signer);
 	if (metrics_render(req->srv->metrics, &text, &len) < 0)
 		return respond_error(conn, req, PS_E_NOMEM, NULL);
 	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
@@ -787,6 +854,37 @@ static int listen_on(const struct config *cfg, const struct config_listen *l, in
 	return 0;
 }
 
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = (char)(c | 0x20);
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Decodes %XX in the path, except %2F and %00, which stay as written: an
+ * escaped '/' must not split a segment, nor an escaped NUL end the path. */
+static size_t unescape_path(void *cls, struct MHD_Connection *conn, char *s)
+{
+	char *in = s, *out = s;
+
+	while (*in) {
+		int hi = in[0] == '%' ? hex_digit(in[1]) : -1;
+		int lo = hi >= 0 ? hex_digit(in[2]) : -1;
+		char c = (char)(hi << 4 | lo);
+
+		if (lo >= 0 && c != '/' && c != '\0') {
+			*out++ = c;
+			in += 3;
+		} else {
+			*out++ = *in++;
+		}
+	}
+	*out = '\0';
+	return (size_t)(out - s);
+}
+
+__attribute__((format(printf, 2, 0)))
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
 	char line[512];
@@ -810,6 +908,7 @@ static int start_daemon(const struct config *cfg, struct listener *l, int fd)
 		MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
 		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, l,
 		MHD_OPTION_STRICT_FOR_CLIENT, 1,
+		MHD_OPTION_UNESCAPE_CALLBACK, unescape_path, l,
 		MHD_OPTION_END);
 	if (!l->daemon) {
 		log_error("cannot start the HTTP server on %s", l->text);

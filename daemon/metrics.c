@@ -105,6 +105,19 @@ void metric_add(struct metric *counter, unsigned long long n)
 		atomic_fetch_add_explicit(&counter->value, n, memory_order_relaxed);
 }
 
+void metric_raise(struct metric *counter, unsigned long long total)
+{
+	unsigned long long old;
+
+	if (!counter || counter->type != METRIC_COUNTER)
+		return;
+	old = atomic_load_explicit(&counter->value, memory_order_relaxed);
+	while (old < total && !atomic_compare_exchange_weak_explicit(
+				      &counter->value, &old, total, memory_order_relaxed,
+				      memory_order_relaxed))
+		;
+}
+
 void metric_set(struct metric *gauge, double v)
 {
 	if (gauge && gauge->type == METRIC_GAUGE)

@@ -57,6 +57,10 @@ struct metric *metrics_histogram(struct metrics *m, const char *name, const char
 /* Adds n to a counter.  Does nothing on NULL or another type. */
 void metric_add(struct metric *counter, unsigned long long n);
 
+/* Raises counter to total, a running total kept elsewhere; a smaller total
+ * leaves it as it is, so the counter never goes back. */
+void metric_raise(struct metric *counter, unsigned long long total);
+
 /* Sets a gauge to v, or adds delta (negative to subtract) to it.  Do nothing
  * on NULL or another type. */
 void metric_set(struct metric *gauge, double v);

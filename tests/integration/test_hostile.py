@@ -330,8 +330,11 @@ def path_cases():
         b'GET /healthz\x00x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n', \
         one_of(NOT_FOUND, mhd(400), ok(200))
     yield 'raw UTF-8 in the path', get('/v1/keys/\u00e9'.encode().decode('latin-1')), NOT_FOUND
+    # No key can have such a name: 404 for every caller tells nobody anything.
     yield '65-character key, restricted caller', \
-        get('/v1/keys/' + 'a' * 65, caller=limited), api(403, 'forbidden')
+        get('/v1/keys/' + 'a' * 65, caller=limited), NOT_FOUND
+    yield 'valid but unknown key, restricted caller', \
+        get('/v1/keys/' + 'a' * 64, caller=limited), api(403, 'forbidden')
     yield 'sign with %2F in the key', post(GOOD, path='/v1/keys/alpha%2Fverification-certificates'), \
         NOT_FOUND
     yield 'sign with %00 after the key', \
