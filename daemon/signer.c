@@ -189,14 +189,25 @@ static bool same_keys(const struct signer *s, const struct key *keys, size_t n)
 	return true;
 }
 
-static void reap(pid_t pid, bool kill_it)
+#define SIGNER_STOP_GRACE_MS 2000
+
+/* Waits for pid; after grace_ms (0: at once) it is killed. */
+static void reap(pid_t pid, int grace_ms)
 {
 	int status = 0;
 
 	if (pid <= 0)
 		return;
-	if (kill_it)
-		(void)kill(pid, SIGKILL);
+	/* A signer that saw its socket close exits by itself, freeing what it
+	 * holds (and letting leak checkers look); a stuck one is killed. */
+	for (int waited = 0; waited < grace_ms; waited += 10) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+
+		if (r == pid || (r < 0 && errno != EINTR))
+			return;
+		usleep(10 * 1000);
+	}
+	(void)kill(pid, SIGKILL);
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 }
@@ -231,7 +242,7 @@ static int start_process(struct signer *s, int timeout_ms, int *ret_fd, pid_t *r
 	if (r < 0) {
 		if (fd >= 0)
 			close(fd);
-		reap(pid, true);
+		reap(pid, 0);
 		return r == PS_E_NOMEM ? r : PS_E_TOKEN;
 	}
 	*ret_fd = fd;
@@ -299,7 +310,7 @@ static void forget_status_locked(struct signer *s)
 }
 
 /* Marks the signer down and fails every request waiting for it. */
-static void go_down(struct signer *s)
+static void go_down(struct signer *s, int grace_ms)
 {
 	pid_t pid;
 	int fd;
@@ -320,7 +331,7 @@ static void go_down(struct signer *s)
 	pthread_mutex_unlock(&s->lock);
 	if (fd >= 0)
 		close(fd);
-	reap(pid, true);
+	reap(pid, grace_ms);
 }
 
 /* ---- supervision -------------------------------------------------------- */
@@ -515,7 +526,7 @@ static void *supervise(void *arg)
 				return NULL;
 			if (why == SERVED_GONE)
 				log_error("the signer process stopped: restarting it");
-			go_down(s);
+			go_down(s, 0);
 			backoff = SIGNER_BACKOFF_MIN_MS;
 		}
 		if (sleep_or_stop(s, backoff))
@@ -758,7 +769,7 @@ void signer_free(struct signer *s)
 		(void)!write(s->wake[1], "x", 1);
 		pthread_join(s->thread, NULL);
 	}
-	go_down(s);
+	go_down(s, SIGNER_STOP_GRACE_MS);
 	if (s->wake[0] >= 0)
 		close(s->wake[0]);
 	if (s->wake[1] >= 0)

@@ -59,7 +59,8 @@ static int module_open(struct module *m)
 	CK_C_GetFunctionList get;
 	CK_RV rv;
 
-	m->dl = dlopen(m->path, RTLD_NOW | RTLD_LOCAL);
+	/* RTLD_NODELETE: a thread stuck in the module keeps valid code under it. */
+	m->dl = dlopen(m->path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
 	if (!m->dl) {
 		log_error("module %s: cannot load: %s", m->path, dlerror());
 		return PS_E_TOKEN;

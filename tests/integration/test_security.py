@@ -68,12 +68,29 @@ def memory_contains(pid, needle):
             if 'r' not in fields[1] or (len(fields) > 5 and fields[5].startswith('[v')):
                 continue
             start, end = (int(x, 16) for x in fields[0].split('-'))
-            try:
-                mem.seek(start)
-                if needle in mem.read(end - start):
-                    return True
-            except (OSError, ValueError, OverflowError):
+            # Terabyte reservations (AddressSanitizer's shadow) hold no data
+            # of ours; anything a process really wrote is in smaller ones.
+            if end - start > 1 << 32:
                 continue
+            if region_contains(mem, start, end, needle):
+                return True
+    return False
+
+
+def region_contains(mem, start, end, needle, chunk=1 << 20):
+    """Reads [start, end) in chunks that overlap by len(needle) - 1, so that
+    huge mappings (AddressSanitizer's shadow) need no huge buffer."""
+    pos = start
+    while pos < end:
+        n = min(chunk, end - pos)
+        try:
+            mem.seek(pos)
+            data = mem.read(n + len(needle) - 1 if pos + n < end else n)
+        except (OSError, ValueError, OverflowError):
+            return False
+        if needle in data:
+            return True
+        pos += n
     return False
 
 
