@@ -195,12 +195,12 @@ static int audit_outcome(const struct request *req, const char *error, const str
 static void add_common_headers(struct MHD_Response *resp, const struct request *req,
 			       const char *content_type)
 {
-	char id[24];
-
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
 	if (req) {
+		char id[24];
+
 		snprintf(id, sizeof(id), "%llu", (unsigned long long)req->id);
 		MHD_add_response_header(resp, "X-Request-Id", id);
 	}
@@ -268,8 +268,6 @@ static enum MHD_Result respond_json(struct MHD_Connection *conn, const struct re
 static void add_error_headers(struct MHD_Response *resp, const struct request *req,
 			      unsigned status)
 {
-	char seconds[16];
-
 	if (status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 					"Bearer realm=\"popsignd\"");
@@ -278,6 +276,8 @@ static void add_error_headers(struct MHD_Response *resp, const struct request *r
 					strcmp(req->route->method, "GET") == 0 ? "GET, HEAD"
 									       : req->route->method);
 	if (status == MHD_HTTP_TOO_MANY_REQUESTS || status == MHD_HTTP_SERVICE_UNAVAILABLE) {
+		char seconds[16];
+
 		snprintf(seconds, sizeof(seconds), "%u", req->retry_after ? req->retry_after : 1);
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, seconds);
 	}
@@ -536,9 +536,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 				  size_t *upload_size, void **con_cls)
 {
 	struct request *req = *con_cls;
-	int r;
 
 	if (!req) {
+		int r;
+
 		req = request_new(cls, conn);
 		if (!req)
 			return MHD_NO;
@@ -871,7 +872,7 @@ static size_t unescape_path(void *cls, struct MHD_Connection *conn, char *s)
 	while (*in) {
 		int hi = in[0] == '%' ? hex_digit(in[1]) : -1;
 		int lo = hi >= 0 ? hex_digit(in[2]) : -1;
-		char c = (char)(hi << 4 | lo);
+		char c = lo >= 0 ? (char)(hi << 4 | lo) : 0; /* -1 << 4 is undefined */
 
 		if (lo >= 0 && c != '/' && c != '\0') {
 			*out++ = c;
