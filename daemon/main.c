@@ -265,7 +265,7 @@ int main(int argc, char **argv)
 	 * signer_start() below, never by hand. */
 	if (argc == 5 && strcmp(argv[1], "--signer") == 0 && strcmp(argv[3], "-c") == 0) {
 		log_init("popsignd-signer");
-		return signer_main(argv[4], atoi(argv[2]) == 3 ? 3 : -1);
+		return signer_main(argv[4], strcmp(argv[2], "3") == 0 ? 3 : -1);
 	}
 	r = parse_args(argc, argv, &opts);
 	if (r != 0)

@@ -85,7 +85,6 @@ static long long now_ms(void)
  * two only async-signal-safe calls: this process has threads. */
 static int spawn(const char *config_path, int *ret_fd, pid_t *ret_pid)
 {
-	char *argv[] = {"popsignd", "--signer", "3", "-c", (char *)config_path, NULL};
 	int sv[2];
 	pid_t pid;
 
@@ -98,6 +97,8 @@ static int spawn(const char *config_path, int *ret_fd, pid_t *ret_pid)
 		return PS_E_IO;
 	}
 	if (pid == 0) {
+		char *argv[] = {"popsignd", "--signer", "3", "-c", (char *)config_path, NULL};
+
 		if (sv[1] == SIGNER_FD)
 			(void)fcntl(SIGNER_FD, F_SETFD, 0);
 		else if (dup2(sv[1], SIGNER_FD) < 0)
@@ -645,6 +646,7 @@ int signer_issue(struct signer *s, size_t i, const char *code, struct issued **r
 	if (s->up) {
 		w.id = ++s->next_id;
 		w.next = s->waiters;
+		/* cppcheck-suppress autoVariables ; unlinked before w goes out of scope */
 		s->waiters = &w;
 		r = send_issue(s, &w, i, code);
 	}
