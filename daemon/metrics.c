@@ -202,12 +202,13 @@ static bool label_name_ok(const char *name, bool histogram, const char **seen, s
 static bool labels_render(va_list ap, bool histogram, char out[METRICS_LABELS_MAX])
 {
 	const char *seen[LABEL_PAIRS_MAX];
-	const char *name, *value;
+	const char *name;
 	size_t n = 0, len = 0;
 
 	out[0] = '\0';
 	while ((name = va_arg(ap, const char *))) {
-		value = va_arg(ap, const char *);
+		const char *value = va_arg(ap, const char *);
+
 		if (!value || n == LABEL_PAIRS_MAX || !label_name_ok(name, histogram, seen, n))
 			return false;
 		seen[n++] = name;
@@ -389,7 +390,7 @@ static void number_format(double d, char out[NUMBER_LEN])
 			break;
 	}
 	snprintf(out, NUMBER_LEN, "%.*e", digits - 1, d);
-	exponent = atoi(strchr(out, 'e') + 1);
+	exponent = (int)strtol(strchr(out, 'e') + 1, NULL, 10);
 	/* %g switches to an exponent once it reaches the precision. */
 	if (exponent >= digits && exponent < 17)
 		digits = exponent + 1;
@@ -480,6 +481,7 @@ static int series_snapshot(struct metrics *m, struct metric ***ret, size_t *ret_
 
 	pthread_mutex_lock(&m->lock);
 	n = m->n_series;
+	/* NOLINTBEGIN(bugprone-sizeof-expression): list is an array of pointers */
 	list = malloc(n * sizeof(*list));
 	if (list)
 		memcpy(list, m->series, n * sizeof(*list));
@@ -487,6 +489,7 @@ static int series_snapshot(struct metrics *m, struct metric ***ret, size_t *ret_
 	if (!list)
 		return PS_E_NOMEM;
 	qsort(list, n, sizeof(*list), series_compare);
+	/* NOLINTEND(bugprone-sizeof-expression) */
 	*ret = list;
 	*ret_n = n;
 	return 0;

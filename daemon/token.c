@@ -340,12 +340,12 @@ int session_prepare(struct token *t, struct session *s, struct p11_fail *f)
 {
 	unsigned reset = __atomic_load_n(&t->reset, __ATOMIC_ACQUIRE);
 	unsigned login;
-	int r;
 
 	if (s->h != CK_INVALID_HANDLE && (s->epoch != t->mod->epoch || s->reset != reset))
 		session_drop(t, s);
 	if (s->h == CK_INVALID_HANDLE) {
-		r = session_open(t, s, f);
+		int r = session_open(t, s, f);
+
 		if (r < 0)
 			return r;
 	}
@@ -557,7 +557,7 @@ static int cert_find(struct token_key *k, struct session *s, uint8_t **ret_der, 
 		     struct p11_fail *f)
 {
 	struct object_query q = { CKO_CERTIFICATE, NULL, NULL, 0 };
-	CK_OBJECT_HANDLE obj;
+	CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE; /* for the analyzer: set when find_object() succeeds */
 	int r;
 
 	if (k->obj_id_len) {

@@ -332,6 +332,7 @@ static int reopen_and_test(struct token_set *set, struct token *t, struct sessio
 
 static int recover_in_module(struct token_set *set, struct token *t, struct attempt *a)
 {
+	/* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
 	struct session **taken = calloc(t->n_sessions, sizeof(*taken));
 	unsigned n;
 	int r;

@@ -44,6 +44,7 @@ static int set_module(struct token_set *set, const char *path, struct module **r
 			*ret = set->modules[i];
 			return 0;
 		}
+	/* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
 	mods = realloc(set->modules, (set->n_modules + 1) * sizeof(*mods));
 	if (!mods)
 		return PS_E_NOMEM;
