@@ -557,7 +557,7 @@ static int cert_find(struct token_key *k, struct session *s, uint8_t **ret_der, 
 		     struct p11_fail *f)
 {
 	struct object_query q = { CKO_CERTIFICATE, NULL, NULL, 0 };
-	CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE; /* for the analyzer: set when find_object() succeeds */
+	CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE; /* for the analyzer: find_object() sets it */
 	int r;
 
 	if (k->obj_id_len) {
