@@ -273,7 +273,7 @@ static int file_open(const char *path, int *ret_fd)
 	if (cut_torn_tail(path, fd, &st) < 0)
 		return PS_E_IO;
 	*ret_fd = fd;
-	fd = -1;
+	fd = -1; /* NOLINT(clang-analyzer-deadcode.DeadStores): read by closep() at return */
 	return 0;
 }
 

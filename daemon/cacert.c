@@ -98,6 +98,7 @@ int ca_cert_load_file(const char *path, struct ca_cert **ret)
 	if (r < 0)
 		return r;
 	if (!looks_like_pem(data, len))
+		/* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): freed by _cleanup_free_ */
 		return ca_cert_from_der(data, len, ret);
 	r = pem_to_der(data, len, &der, &der_len);
 	if (r < 0) {

@@ -61,13 +61,14 @@ static bool is_space(char c)
 __attribute__((format(printf, 4, 5)))
 static int fail(struct parser *p, unsigned line, int r, const char *fmt, ...)
 {
-	va_list ap;
 	int n;
 
 	if (p->r)
 		return r;
 	n = snprintf(p->err, CONFIG_ERROR_MAX, "%s:%u: ", p->path, line);
 	if (n >= 0 && n < CONFIG_ERROR_MAX) {
+		va_list ap;
+
 		va_start(ap, fmt);
 		vsnprintf(p->err + n, CONFIG_ERROR_MAX - (size_t)n, fmt, ap);
 		va_end(ap);
@@ -447,6 +448,7 @@ static int keys_item(struct parser *p, const char *text, size_t len)
 				    "client '%s': key '%s' listed twice in keys", c->name, name);
 	keys = reallocarray(c->keys, c->n_keys + 1, sizeof(*keys));
 	if (!keys)
+		/* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): freed by _cleanup_free_ */
 		return fail_nomem(p);
 	c->keys = keys;
 	c->keys[c->n_keys++] = TAKE_PTR(name);
@@ -780,7 +782,7 @@ static int named_section_begin(struct parser *p, enum section kind, const char *
 			    type, copy, CONFIG_NAME_MAX);
 	r = kind == SECTION_KEY ? key_add(p, copy) : client_add(p, copy);
 	if (r < 0)
-		return r;
+		return r; /* NOLINT(clang-analyzer-unix.Malloc): freed by _cleanup_free_ */
 	snprintf(p->section_text, sizeof(p->section_text), "%s %s", type, copy);
 	copy = NULL;
 	p->section = kind;
@@ -872,6 +874,7 @@ static char *read_line(char *str, int num, void *stream)
 	len = nl ? (size_t)(nl - line) : p->len - p->pos;
 	p->pos += len + (nl ? 1 : 0);
 	p->line++;
+	/* cppcheck-suppress knownConditionTrueFalse ; an empty line has len 0 */
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
 	if (memchr(line, '\0', len))
@@ -960,7 +963,6 @@ static int defaults_apply(struct parser *p)
 {
 	struct config *c = p->cfg;
 	const char *why = NULL;
-	long cpus;
 
 	if (c->n_listen == 0) {
 		if (config_parse_listen(CONFIG_DEFAULT_LISTEN, &c->listen[0], &why) < 0)
@@ -968,7 +970,8 @@ static int defaults_apply(struct parser *p)
 		c->n_listen = 1;
 	}
 	if (c->workers == 0) {
-		cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
 		c->workers = cpus < 1 ? 1 : cpus > CONFIG_WORKERS_MAX ? CONFIG_WORKERS_MAX
 								   : (unsigned)cpus;
 	}

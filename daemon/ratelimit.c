@@ -146,6 +146,7 @@ static uint32_t peer_slot(const char *name)
 {
 	uint32_t h = 2166136261U;
 
+	/* cppcheck-suppress arrayIndexOutOfBoundsCond ; stops at the NUL of a shorter name */
 	for (size_t i = 0; i < LIMITS_PEER_LEN - 1 && name[i]; i++)
 		h = (h ^ (uint8_t)name[i]) * 16777619U;
 	return h & (LIMITS_HASH_SLOTS - 1);
@@ -207,13 +208,12 @@ void limits_set_auth_failures(struct limits *l, unsigned failures)
 int limits_auth_check(struct limits *l, const char *peer, unsigned *retry_after)
 {
 	struct peer *p;
-	double left;
 	int r = 0;
 
 	pthread_mutex_lock(&l->lock);
 	p = peer_find(l, peer ? peer : "");
 	if (p && p->failures >= l->auth_failures) {
-		left = p->window_start + LIMITS_AUTH_WINDOW - now_seconds();
+		double left = p->window_start + LIMITS_AUTH_WINDOW - now_seconds();
 		if (left > 0.0) {
 			*retry_after = retry_seconds(left);
 			r = PS_E_RATE_LIMITED;
