@@ -10,6 +10,7 @@ static inline void freep(void *p)
 	free(*(void **)p);
 }
 
+/* NOLINTNEXTLINE(readability-non-const-parameter): a cleanup handler's signature */
 static inline void closep(int *fd)
 {
 	if (*fd >= 0)
