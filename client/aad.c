@@ -102,7 +102,7 @@ struct secret *aad_secret_new(const char *data, size_t len)
 {
 	struct secret *s = secret_alloc(len);
 
-	if (s)
+	if (s && len > 0) /* data may be NULL when len is 0 */
 		memcpy(s->data, data, len);
 	return s;
 }
@@ -337,6 +337,7 @@ static bool on_path(const char *name)
 	char *save = NULL;
 	struct stat st;
 
+	/* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): freed by _cleanup_free_ */
 	for (char *dir = copy ? strtok_r(copy, ":", &save) : NULL; dir;
 	     dir = strtok_r(NULL, ":", &save)) {
 		_cleanup_free_ char *file = NULL;

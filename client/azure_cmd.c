@@ -65,6 +65,7 @@ static const char *const option_names[] = {
 	"--arm-endpoint",  "--access-token-file", "--managed-identity", "--yes",
 };
 
+/* NOLINTNEXTLINE(readability-non-const-parameter): interface kept: getopt's optarg */
 bool azure_options_take(struct azure_options *o, int c, char *arg)
 {
 	const char **slot[] = {
@@ -296,6 +297,7 @@ static int fetch(struct ctx *x, const struct ca *ca, bool may_upload,
 static int check_thumbprint(const struct ctx *x, const struct ca *ca,
 			    const struct arm_certificate *c)
 {
+	/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): daemon_ca() set ca->info */
 	if (strcasecmp(c->thumbprint, ca->info->sha1_thumbprint) == 0) {
 		step(3, "its thumbprint %s is that of key %s", c->thumbprint, x->key);
 		return PS_EXIT_OK;
@@ -371,6 +373,7 @@ out:
 /* Step 8: Azure says it is verified now. */
 static int confirm(const struct ctx *x, const struct arm_certificate *done)
 {
+	/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): prove() set done */
 	if (!done->is_verified) {
 		output_errorf("%s took the verification certificate but does not say certificate %s "
 			      "is verified",
@@ -439,6 +442,7 @@ static int run_verify(struct ctx *x)
 static int upload_exists(const struct ctx *x, const struct ca *ca,
 			 const struct arm_certificate *c)
 {
+	/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): daemon_ca() set ca->info */
 	if (strcasecmp(c->thumbprint, ca->info->sha1_thumbprint) != 0) {
 		output_errorf("certificate %s in %s is not the CA certificate of key %s (thumbprint "
 			      "in %s: %s): delete it first with 'popsign %s delete'",

@@ -58,6 +58,7 @@ static void print_lines(FILE *f, const char *message)
 		fputs("(out of memory)", f);
 		return;
 	}
+	/* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): freed by _cleanup_free_ (copy, shown) */
 	for (line = copy; line; line = next) {
 		_cleanup_free_ char *shown = NULL;
 

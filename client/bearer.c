@@ -45,10 +45,10 @@ int bearer_resolve_path(const char *option, char **ret, bool *ret_is_default)
 	const char *env = getenv(BEARER_ENV_FILE);
 	const char *chosen = option ? option : (env && env[0] ? env : NULL);
 	char *path;
-	int r;
 
 	if (!chosen) {
-		r = bearer_default_path(&path);
+		int r = bearer_default_path(&path);
+
 		if (r < 0)
 			return r;
 	} else {

@@ -122,7 +122,7 @@ int jwt_base64url(const unsigned char *data, size_t len, char **ret)
 		n--;
 	out[n] = '\0';
 	for (size_t i = 0; i < n; i++)
-		out[i] = out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i];
+		out[i] = (char)(out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i]);
 	*ret = out;
 	return 0;
 }
@@ -149,6 +149,7 @@ static int header_json(X509 *cert, char **ret)
 		return PS_E_CRYPTO;
 	if (jwt_base64url(sha1, sizeof(sha1), &x5t) < 0)
 		return PS_E_NOMEM;
+	/* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): freed by _cleanup_free_ */
 	doc = json_pack("{s:s, s:s, s:s}", "alg", "RS256", "typ", "JWT", "x5t", x5t);
 	r = encode_json(doc, ret);
 	json_decref(doc);
@@ -180,7 +181,7 @@ static int claims_json(const char *audience, const char *client_id, int64_t now,
 		return PS_E_CRYPTO;
 	doc = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I}", "aud", audience, "iss", client_id,
 			"sub", client_id, "jti", jti, "nbf", (json_int_t)now, "iat",
-			(json_int_t)now, "exp", (json_int_t)(now + JWT_LIFETIME_S));
+			(json_int_t)now, "exp", (json_int_t)now + JWT_LIFETIME_S);
 	r = encode_json(doc, ret);
 	json_decref(doc);
 	return r;
@@ -228,14 +229,16 @@ int jwt_client_assertion(EVP_PKEY *key, X509 *cert, const char *audience, const 
 	if (r == 0)
 		r = claims_json(audience, client_id, now, &claims);
 	if (r < 0)
-		return r;
+		return r; /* NOLINT(clang-analyzer-unix.Malloc): freed by _cleanup_free_ */
 	if (asprintf(&input, "%s.%s", header, claims) < 0) {
 		input = NULL;
 		return PS_E_NOMEM;
 	}
+	/* NOLINTBEGIN(clang-analyzer-unix.Malloc): freed by _cleanup_free_ */
 	r = sign_rs256(key, input, &sig, &sig_len);
 	if (r == 0)
 		r = jwt_base64url(sig, sig_len, &sig64);
+	/* NOLINTEND(clang-analyzer-unix.Malloc) */
 	if (r < 0)
 		return r;
 	if (asprintf(&jwt, "%s.%s", input, sig64) < 0)

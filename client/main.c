@@ -282,6 +282,7 @@ static int run_token_new(const struct options *o)
 		return r == PS_E_NOMEM ? PS_EXIT_INTERNAL : PS_EXIT_USAGE;
 	}
 	if (bearer_generate(token) < 0 || bearer_sha256_hex(token, strlen(token), hash) < 0) {
+		/* NOLINTNEXTLINE(clang-analyzer-unix.Malloc): freed by _cleanup_free_ */
 		output_errorf("cannot make random bytes or a SHA-256 hash");
 		return PS_EXIT_INTERNAL;
 	}

