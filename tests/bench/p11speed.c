@@ -141,8 +141,10 @@ static int slot_find(CK_FUNCTION_LIST_PTR p11, const char *label, CK_SLOT_ID *re
 }
 
 /* The private key labelled label in session s, and its type. */
+/* NOLINTBEGIN(readability-non-const-parameter): C_GetAttributeValue() writes *ret_type */
 static CK_RV key_find(CK_FUNCTION_LIST_PTR p11, CK_SESSION_HANDLE s, const char *label,
 		      CK_OBJECT_HANDLE *ret, CK_KEY_TYPE *ret_type)
+/* NOLINTEND(readability-non-const-parameter) */
 {
 	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
 	CK_ATTRIBUTE tmpl[] = {

@@ -276,7 +276,8 @@ static bool fn_parse(const char *name, int *ret)
 
 static void sleep_ms(unsigned long ms)
 {
-	struct timespec t = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
+	struct timespec t = { .tv_sec = (time_t)(ms / 1000),
+			      .tv_nsec = (long)(ms % 1000) * 1000000 };
 
 	while (nanosleep(&t, &t) < 0 && errno == EINTR)
 		;
@@ -577,9 +578,9 @@ static void drain_verify(CK_SESSION_HANDLE s)
 		fault_effects(&v, SESSION_OF_##kind);                  \
 		return log_call(FN_##name, v.rv);                      \
 	}
-#define FK_GEN_MOD FK_WRAP
-#define FK_GEN_SLOT FK_WRAP
-#define FK_GEN_SESS FK_WRAP
+#define FK_GEN_MOD(...) FK_WRAP(__VA_ARGS__)
+#define FK_GEN_SLOT(...) FK_WRAP(__VA_ARGS__)
+#define FK_GEN_SESS(...) FK_WRAP(__VA_ARGS__)
 #define FK_GEN_CUSTOM(...)
 #define FK_GEN(name, kind, ...) FK_GEN_##kind(name, kind, __VA_ARGS__)
 FK_FUNCTIONS(FK_GEN)

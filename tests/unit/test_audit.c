@@ -217,6 +217,7 @@ END_TEST
 
 START_TEST(escaping)
 {
+	/* NOLINTNEXTLINE(misc-misleading-bidirectional): the log must escape this RLO */
 	const char *nasty = "q\"uote\\back\nnew\tt\x01\x1b[31mred\x7f caf\xc3\xa9 \xe2\x80\xae";
 	struct audit_record rec = denied(3);
 	struct audit *a = open_ok();
@@ -467,7 +468,7 @@ START_TEST(reopen_under_load)
 	struct writer_arg args[4];
 	pthread_t threads[4];
 	struct audit *a = open_ok();
-	json_t *all = json_array(), *lines;
+	json_t *all = json_array();
 	char rotated[sizeof(path) + 8];
 
 	for (unsigned t = 0; t < 4; t++) {
@@ -486,6 +487,8 @@ START_TEST(reopen_under_load)
 	}
 	audit_close(a);
 	for (unsigned i = 0; i <= 5; i++) {
+		json_t *lines;
+
 		if (i == 0)
 			snprintf(rotated, sizeof(rotated), "%s", path);
 		else

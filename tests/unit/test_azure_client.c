@@ -1018,7 +1018,7 @@ static unsigned char *b64url_decode(const char *text, size_t len, size_t *ret_le
 	int got;
 
 	for (size_t i = 0; i < len; i++)
-		std[i] = text[i] == '-' ? '+' : text[i] == '_' ? '/' : text[i];
+		std[i] = (char)(text[i] == '-' ? '+' : text[i] == '_' ? '/' : text[i]);
 	while (n % 4)
 		std[n++] = '=';
 	got = EVP_DecodeBlock(out, (unsigned char *)std, (int)n);
@@ -1331,10 +1331,10 @@ static size_t content_length(const char *head)
 static void fake_read(char *buf, size_t cap, int c)
 {
 	size_t len = 0;
-	char *end;
 
 	while (len < cap - 1) {
 		ssize_t n = recv(c, buf + len, cap - 1 - len, 0);
+		const char *end;
 
 		if (n <= 0)
 			break;

@@ -426,7 +426,9 @@ END_TEST
 
 /* A session-invalid fault on C_SignInit or C_Sign. */
 static const struct {
+	/* cppcheck-suppress unusedStructMember ; read in the loop test below */
 	const char *rule;
+	/* cppcheck-suppress unusedStructMember ; read in the loop test below */
 	CK_RV rv;
 } session_faults[] = {
 	{ "C_Sign fail CKR_SESSION_HANDLE_INVALID once\n", CKR_SESSION_HANDLE_INVALID },

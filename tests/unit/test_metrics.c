@@ -83,7 +83,8 @@ static bool read_comment(struct reader *r, const char *line)
 		r->help = true;
 		return true;
 	}
-	if (strcmp(rest, "counter") && strcmp(rest, "gauge") && strcmp(rest, "histogram"))
+	if (strcmp(rest, "counter") != 0 && strcmp(rest, "gauge") != 0 &&
+	    strcmp(rest, "histogram") != 0)
 		return reject(r, line, "unknown TYPE");
 	snprintf(r->type, sizeof(r->type), "%s", rest);
 	return true;
@@ -94,13 +95,14 @@ static bool read_comment(struct reader *r, const char *line)
 static const char *read_labels(const char *p, char *le, size_t le_len, bool *has_le)
 {
 	char seen[32][64];
-	size_t n_seen = 0, n;
+	size_t n_seen = 0;
 
 	*has_le = false;
 	if (*p++ != '{')
 		return NULL;
 	for (;;) {
-		n = name_span(p, false);
+		size_t n = name_span(p, false);
+
 		if (n == 0 || n >= sizeof(seen[0]) || n_seen == 32 || strncmp(p, "__", 2) == 0)
 			return NULL;
 		for (size_t i = 0; i < n_seen; i++)

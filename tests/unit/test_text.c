@@ -42,6 +42,7 @@ START_TEST(hex_decode_cases)
 	static const char *const bad[] = {
 		"", "0", "0001", "000102", "0001020", "000102030", "0001020304", "0g010203",
 		"000102 3", " 0010203", "00010203 ", "0x010203", "-0010203", "000102\n3",
+		/* NOLINTNEXTLINE(bugprone-suspicious-missing-comma): ends the \xa9 escape */
 		"00\xc3\xa9" "0203",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

@@ -183,8 +183,8 @@ static bool verify_ec(EVP_PKEY *pkey, const EVP_MD *md, const void *msg, size_t 
 
 	if (!es || !ctx || siglen % 2 || !EVP_Digest(msg, msglen, digest, &dlen, md, NULL))
 		goto out;
-	if (!ECDSA_SIG_set0(es, BN_bin2bn(sig, siglen / 2, NULL),
-			    BN_bin2bn(sig + siglen / 2, siglen / 2, NULL)))
+	if (!ECDSA_SIG_set0(es, BN_bin2bn(sig, (int)(siglen / 2), NULL),
+			    BN_bin2bn(sig + siglen / 2, (int)(siglen / 2), NULL)))
 		goto out;
 	derlen = i2d_ECDSA_SIG(es, &der);
 	ok = derlen > 0 && EVP_PKEY_verify_init(ctx) == 1 &&
