@@ -20,7 +20,7 @@
 
 static FILE *devnull;
 
-static void check_token(const struct aad_token_answer *t, json_t *doc)
+static void check_token(const struct aad_token_answer *t, const json_t *doc)
 {
 	if (!doc || !t->access_token || !aad_token_valid(t->access_token, t->len) ||
 	    strlen(t->access_token) != t->len)
