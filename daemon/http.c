@@ -872,7 +872,7 @@ static size_t unescape_path(void *cls, struct MHD_Connection *conn, char *s)
 	while (*in) {
 		int hi = in[0] == '%' ? hex_digit(in[1]) : -1;
 		int lo = hi >= 0 ? hex_digit(in[2]) : -1;
-		char c = lo >= 0 ? (char)(hi << 4 | lo) : 0; /* -1 << 4 is undefined */
+		char c = (char)(lo >= 0 ? hi << 4 | lo : 0); /* -1 << 4 is undefined */
 
 		if (lo >= 0 && c != '/' && c != '\0') {
 			*out++ = c;
