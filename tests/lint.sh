@@ -49,18 +49,18 @@ failed=
 # is about platforms whose NULL is a plain 0.  glibc with gcc or clang
 # defines it as ((void *)0), and the variadic APIs that end in NULL
 # (metrics_counter() and friends) carry __attribute__((sentinel)).
+run_cppcheck() {
+	cppcheck --quiet --error-exitcode=1 --inline-suppr \
+		--enable=warning,style,performance,portability \
+		--suppress=missingIncludeSystem --suppress=varFuncNullUB \
+		--template='{file}:{line}:{column}: {severity}: {message} [{id}]' "$@"
+}
 mkdir -p "$build/cppcheck"
-cppcheck_args="--quiet --error-exitcode=1 --inline-suppr
-	--enable=warning,style,performance,portability
-	--suppress=missingIncludeSystem --suppress=varFuncNullUB
-	--template={file}:{line}:{column}: {severity}: {message} [{id}]"
 echo "lint: cppcheck"
-# shellcheck disable=SC2086
-cppcheck $cppcheck_args -j "$jobs" --cppcheck-build-dir="$build/cppcheck" \
-	--project="$db" || failed="$failed cppcheck"
-# shellcheck disable=SC2086
-cppcheck $cppcheck_args --std=c11 -D_GNU_SOURCE -Icommon -Idaemon -Iclient \
-	-Itests/fuzz -I"$build" -I. tests/fuzz/*.c || failed="$failed cppcheck-fuzz"
+run_cppcheck -j "$jobs" --cppcheck-build-dir="$build/cppcheck" --project="$db" ||
+	failed="$failed cppcheck"
+run_cppcheck --std=c11 -D_GNU_SOURCE -Icommon -Idaemon -Iclient -Itests/fuzz -I"$build" -I. \
+	tests/fuzz/*.c || failed="$failed cppcheck-fuzz"
 
 echo "lint: clang-tidy, $(wc -l <"$list") files"
 # clang-tidy's own "N warnings generated." counts what it filtered out
