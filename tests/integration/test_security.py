@@ -210,9 +210,11 @@ class UnixSocketTest(SecurityBase):
         root = ('client by-uid', [('uid', '0'), ('keys', 'ec256')])
         nobody = ('client nobody', [('uid', '65534'), ('gid', '65534'), ('keys', 'rsa2048')])
         d = self.start('unix.conf', listen='127.0.0.1:0, unix:' + sock,
-                       daemon_extra=[('socket_mode', '0666')], sections=[root, nobody])
+                       daemon_extra=[('socket_mode', '0666'), ('socket_group', '65534')],
+                       sections=[root, nobody])
         self.assertTrue(wait_for(lambda: os.path.exists(sock)))
         self.assertEqual(os.stat(sock).st_mode & 0o777, 0o666)
+        self.assertEqual(os.stat(sock).st_gid, 65534)
         code = h.new_code()
         status, head, body = UnixHTTP.request(sock, 'POST', h.sign_path('ec256'),
                                               {'verification_code': code})
@@ -268,6 +270,46 @@ class LimitsTest(SecurityBase):
         self.assertGreaterEqual(int(r.headers['Retry-After']), 1)
         # Even the right token waits: the peer, not the token, is slowed down.
         self.assertEqual(sign(d.port, 'ec256', self.caller.token).status, 429)
+        d.stop()
+
+
+class ConnectionLimitTest(SecurityBase):
+    def test_idle_connections_are_limited_and_dropped(self):
+        d = self.start('conns.conf', workers=1,
+                       daemon_extra=[('max_connections', '4'), ('connection_timeout', '2')])
+        idle = []
+        for _ in range(8):
+            s = socket.create_connection(('127.0.0.1', d.port), timeout=5)
+            s.sendall(b'GET /healthz HTTP/1.1\r\n')     # and never another byte
+            idle.append(s)
+
+        def closed(s):
+            try:
+                s.settimeout(0.05)
+                return s.recv(1) == b''
+            except socket.timeout:
+                return False
+            except OSError:
+                return True
+
+        # Past max_connections the rest wait in the kernel's backlog; every
+        # silent one is dropped after connection_timeout, then the next ...
+        t0 = time.monotonic()
+        self.assertTrue(wait_for(lambda: all(closed(s) for s in idle), timeout=15))
+        self.assertGreaterEqual(time.monotonic() - t0, 1.5)
+        # ... and the daemon serves again.
+        self.assertEqual(sign(d.port, 'ec256', self.caller.token).status, 201)
+        for s in idle:
+            s.close()
+        d.stop()
+
+    def test_header_size_limit(self):
+        d = self.start('headers.conf', daemon_extra=[('max_header_size', '2048')])
+        big = {'X-Padding': 'a' * 8192}
+        r = h.request(d.port, 'GET', '/healthz', headers=big)
+        self.assertEqual(r.status, 431)
+        self.assertEqual(h.request(d.port, 'GET', '/healthz', headers={'X-Padding': 'a' * 512})
+                         .status, 200)
         d.stop()
 
 
