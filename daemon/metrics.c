@@ -107,7 +107,7 @@ void metric_add(struct metric *counter, unsigned long long n)
 
 void metric_raise(struct metric *counter, unsigned long long total)
 {
-	unsigned long long old;
+	uint64_t old;
 
 	if (!counter || counter->type != METRIC_COUNTER)
 		return;
