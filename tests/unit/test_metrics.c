@@ -433,6 +433,31 @@ START_TEST(render_small_registry_exactly)
 }
 END_TEST
 
+/* A counter kept elsewhere as a running total never goes back. */
+START_TEST(raise_never_lowers)
+{
+	struct metrics *m = new_ok();
+	struct metric *c = metrics_counter(m, "test_total", "h", NULL);
+	char *text;
+
+	metric_raise(c, 5);
+	metric_raise(c, 3);
+	text = render_ok(m);
+	ck_assert_int_eq(strncmp(value_of(text, "test_total"), "5\n", 2), 0);
+	free(text);
+	metric_raise(c, 7);
+	metric_add(c, 1);
+	text = render_ok(m);
+	ck_assert_int_eq(strncmp(value_of(text, "test_total"), "8\n", 2), 0);
+	free(text);
+	metric_raise(metrics_gauge(m, "test_gauge", "h", NULL), 9); /* not a counter: ignored */
+	text = render_ok(m);
+	ck_assert_int_eq(strncmp(value_of(text, "test_gauge"), "0\n", 2), 0);
+	free(text);
+	metrics_free(m);
+}
+END_TEST
+
 START_TEST(handles_are_found_again)
 {
 	struct metrics *m = new_ok();
@@ -766,6 +791,7 @@ static Suite *metrics_suite(void)
 	tcase_add_test(tc, reader_refuses_malformed_text);
 	tcase_add_test(tc, render_small_registry_exactly);
 	tcase_add_test(tc, handles_are_found_again);
+	tcase_add_test(tc, raise_never_lowers);
 	tcase_add_test(tc, every_bucket_bound_is_inclusive);
 	tcase_add_test(tc, numbers_are_spelled_as_prometheus_reads_them);
 	tcase_add_test(tc, label_values_and_help_are_escaped);
