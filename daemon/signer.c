@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <pthread.h>
@@ -15,6 +16,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "code.h"
 #include "signer_proto.h"
 #include "util.h"
 
@@ -22,13 +24,23 @@
 #define PING_INTERVAL_MS 1000
 #define STATES_MAX 64               /* distinct key state texts kept */
 
-struct waiter {
-	uint32_t id;
-	bool done;
-	int status;
-	struct issued *cert;
-	pthread_cond_t cond;
-	struct waiter *next;
+/* A socketpair to one signer worker, used by one request at a time. */
+struct channel {
+	int fd;                         /* -1 once closed */
+	bool busy;                      /* a request holds it */
+	bool broken;                    /* hung up or spoke nonsense: never used again */
+	uint32_t owed;                  /* a timed-out request whose answer has not been
+					 * read yet (0: none): see take_channel_locked() */
+	struct signer_msg *msg;         /* receive buffer, the holder's alone */
+};
+
+/* The channels of one signer process.  Freed once that signer is gone
+ * (dead) and the last request holding one of them gave it back. */
+struct channels {
+	bool dead;
+	size_t holders;
+	size_t n;
+	struct channel ch[];
 };
 
 struct key {
@@ -56,7 +68,8 @@ struct signer {
 	bool up;
 	bool pong;                      /* the last ping was answered */
 	uint32_t next_id;
-	struct waiter *waiters;
+	struct channels *chans;         /* NULL while the signer is down */
+	pthread_cond_t chan_back;       /* a channel was given back, or the signer went down */
 	struct key *keys;
 	size_t n_keys;
 	pthread_t thread;
@@ -113,8 +126,10 @@ static int spawn(const char *config_path, int *ret_fd, pid_t *ret_pid)
 }
 
 /* Waits for one message, at most timeout_ms, and not at all once popsignd
- * stops (PS_E_IO then). */
-static int recv_with_timeout(int fd, int wake_fd, struct signer_msg *m, int timeout_ms)
+ * stops (PS_E_IO then).  With ret_passed, the message must carry one
+ * descriptor, which goes there. */
+static int recv_with_timeout(int fd, int wake_fd, struct signer_msg *m, int timeout_ms,
+			     int *ret_passed)
 {
 	struct pollfd p[2] = {{fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
 	int n;
@@ -126,7 +141,105 @@ static int recv_with_timeout(int fd, int wake_fd, struct signer_msg *m, int time
 		return PS_E_TIMEOUT;
 	if (n < 0 || p[1].revents)
 		return PS_E_IO;
-	return signer_msg_recv(fd, m);
+	return ret_passed ? signer_msg_recv_fd(fd, m, ret_passed) : signer_msg_recv(fd, m);
+}
+
+static void close_channel(struct channel *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
+static void channels_free(struct channels *p)
+{
+	if (!p)
+		return;
+	for (size_t i = 0; i < p->n; i++) {
+		close_channel(&p->ch[i]);
+		free(p->ch[i].msg);
+	}
+	free(p);
+}
+
+static struct channels *channels_new(size_t n)
+{
+	struct channels *p = calloc(1, sizeof(*p) + n * sizeof(p->ch[0]));
+
+	if (!p)
+		return NULL;
+	p->n = n;
+	for (size_t i = 0; i < n; i++)
+		p->ch[i].fd = -1;
+	for (size_t i = 0; i < n; i++)
+		if (!(p->ch[i].msg = malloc(sizeof(*p->ch[i].msg)))) {
+			channels_free(p);
+			return NULL;
+		}
+	return p;
+}
+
+static bool is_seqpacket(int fd)
+{
+	int type = 0;
+	socklen_t len = sizeof(type);
+
+	return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_SEQPACKET;
+}
+
+/* Takes one CHANNEL message, which must be channel i: 0 and its count and
+ * descriptor, or PS_E_INVALID_REQUEST (anything that came is closed). */
+static int recv_channel(struct signer *s, int fd, struct signer_msg *m, int timeout_ms,
+			uint16_t i, uint16_t *ret_count, int *ret_fd)
+{
+	uint16_t index = 0, count = 0;
+	int cfd = -1;
+	int r = recv_with_timeout(fd, s->wake[0], m, timeout_ms, &cfd);
+
+	if (r == 0 && (m->h.type != SIGNER_MSG_CHANNEL ||
+		       signer_decode_channel(m->payload, m->h.len, &index, &count) < 0 ||
+		       index != i || !is_seqpacket(cfd)))
+		r = PS_E_INVALID_REQUEST;
+	if (r < 0) {
+		if (cfd >= 0)
+			close(cfd);
+		return r;
+	}
+	*ret_count = count;
+	*ret_fd = cfd;
+	return 0;
+}
+
+/* After HELLO: one CHANNEL per signer worker, each with the front end's
+ * end of that worker's socketpair. */
+static int recv_channels(struct signer *s, int fd, struct signer_msg *m, int timeout_ms,
+			 struct channels **ret)
+{
+	struct channels *pool = NULL;
+	uint16_t count = 0;
+	int first = -1;
+	int r = recv_channel(s, fd, m, timeout_ms, 0, &count, &first);
+
+	if (r == 0 && !(pool = channels_new(count))) {
+		close(first);
+		r = PS_E_NOMEM;
+	}
+	if (r == 0)
+		pool->ch[0].fd = first;
+	for (uint16_t i = 1; r == 0 && i < count; i++) {
+		uint16_t n = 0;
+
+		/* Stored before it is checked: channels_free() closes it. */
+		r = recv_channel(s, fd, m, timeout_ms, i, &n, &pool->ch[i].fd);
+		if (r == 0 && n != count)
+			r = PS_E_INVALID_REQUEST;
+	}
+	if (r < 0) {
+		channels_free(pool);
+		return r;
+	}
+	*ret = pool;
+	return 0;
 }
 
 static void free_keys(struct key *keys, size_t n)
@@ -213,11 +326,13 @@ static void reap(pid_t pid, int grace_ms)
 		;
 }
 
-/* Starts a signer and waits for its HELLO.  On the first start the keys are
- * taken from it; later they must match. */
-static int start_process(struct signer *s, int timeout_ms, int *ret_fd, pid_t *ret_pid)
+/* Starts a signer and waits for its HELLO and channels.  On the first start
+ * the keys are taken from it; later they must match. */
+static int start_process(struct signer *s, int timeout_ms, int *ret_fd, pid_t *ret_pid,
+			 struct channels **ret_pool)
 {
 	static struct signer_msg m; /* only the supervisor or signer_start() runs this */
+	struct channels *pool = NULL;
 	struct key *keys = NULL;
 	size_t n = 0;
 	int fd = -1, r;
@@ -225,7 +340,7 @@ static int start_process(struct signer *s, int timeout_ms, int *ret_fd, pid_t *r
 
 	r = spawn(s->config_path, &fd, &pid);
 	if (r == 0)
-		r = recv_with_timeout(fd, s->wake[0], &m, timeout_ms);
+		r = recv_with_timeout(fd, s->wake[0], &m, timeout_ms, NULL);
 	if (r == 0 && m.h.type != SIGNER_MSG_HELLO)
 		r = PS_E_INVALID_REQUEST;
 	if (r == 0)
@@ -235,6 +350,8 @@ static int start_process(struct signer *s, int timeout_ms, int *ret_fd, pid_t *r
 			  "(was %s changed?): send SIGHUP to reload", s->config_path);
 		r = PS_E_CONFIG;
 	}
+	if (r == 0)
+		r = recv_channels(s, fd, &m, timeout_ms, &pool);
 	if (r == 0 && !s->keys) {
 		s->keys = TAKE_PTR(keys);
 		s->n_keys = n;
@@ -248,36 +365,11 @@ static int start_process(struct signer *s, int timeout_ms, int *ret_fd, pid_t *r
 	}
 	*ret_fd = fd;
 	*ret_pid = pid;
+	*ret_pool = pool;
 	return 0;
 }
 
-/* ---- waiting for answers ------------------------------------------------ */
-
-static void unlink_waiter(struct signer *s, struct waiter *w)
-{
-	for (struct waiter **pp = &s->waiters; *pp; pp = &(*pp)->next)
-		if (*pp == w) {
-			*pp = w->next;
-			return;
-		}
-}
-
-static void deliver(struct signer *s, const struct signer_msg *m)
-{
-	pthread_mutex_lock(&s->lock);
-	for (struct waiter *w = s->waiters; w; w = w->next) {
-		if (w->id != m->h.id)
-			continue;
-		w->status = m->h.status > 0 ? PS_E_INTERNAL : m->h.status;
-		if (w->status == 0 && signer_decode_issued(m->payload, m->h.len, &w->cert) < 0)
-			w->status = PS_E_INTERNAL;
-		w->done = true;
-		unlink_waiter(s, w);
-		pthread_cond_signal(&w->cond);
-		break;
-	}
-	pthread_mutex_unlock(&s->lock);
-}
+/* ---- going down -------------------------------------------------------- */
 
 /* Adds n failures of the code name to the totals of gone signers. */
 static void gone_errors_add(struct signer *s, const char *name, unsigned long long n)
@@ -310,6 +402,29 @@ static void forget_status_locked(struct signer *s)
 	s->status = NULL;
 }
 
+/* Retires the channels of a signer that is going: a request waiting on one
+ * wakes up to EOF at once (shutdown() leaves the descriptor to its holder,
+ * who closes it), and requests waiting for one are told.  Caller holds
+ * s->lock. */
+static void retire_channels_locked(struct signer *s)
+{
+	struct channels *p = s->chans;
+
+	s->chans = NULL;
+	pthread_cond_broadcast(&s->chan_back);
+	if (!p)
+		return;
+	p->dead = true;
+	for (size_t i = 0; i < p->n; i++) {
+		if (p->ch[i].fd >= 0)
+			(void)shutdown(p->ch[i].fd, SHUT_RDWR);
+		if (!p->ch[i].busy)
+			close_channel(&p->ch[i]);
+	}
+	if (p->holders == 0)
+		channels_free(p);
+}
+
 /* Marks the signer down and fails every request waiting for it. */
 static void go_down(struct signer *s, int grace_ms)
 {
@@ -323,12 +438,7 @@ static void go_down(struct signer *s, int grace_ms)
 	pid = s->pid;
 	s->fd = -1;
 	s->pid = 0;
-	for (struct waiter *w = s->waiters; w; w = w->next) {
-		w->status = PS_E_TOKEN;
-		w->done = true;
-		pthread_cond_signal(&w->cond);
-	}
-	s->waiters = NULL;
+	retire_channels_locked(s);
 	pthread_mutex_unlock(&s->lock);
 	if (fd >= 0)
 		close(fd);
@@ -452,10 +562,6 @@ static bool serve_message(struct signer *s, int fd, enum served *why)
 	*why = SERVED_GONE;
 	if (signer_msg_recv(fd, &m) < 0)
 		return false;
-	if (m.h.type == SIGNER_MSG_ISSUED) {
-		deliver(s, &m);
-		return true;
-	}
 	if (m.h.type == SIGNER_MSG_PONG) {
 		*why = SERVED_HUNG;
 		return take_pong(s, &m);
@@ -464,7 +570,7 @@ static bool serve_message(struct signer *s, int fd, enum served *why)
 	return false;
 }
 
-/* Reads answers and pings the signer until it goes away, hangs, or
+/* Pings the signer and reads its PONGs until it goes away, hangs, or
  * popsignd stops. */
 static enum served serve_answers(struct signer *s, int fd)
 {
@@ -493,11 +599,12 @@ static enum served serve_answers(struct signer *s, int fd)
 
 /* A signer that said HELLO opened every key and made a test signature
  * with each: every key is ready until its first PONG says otherwise. */
-static void went_up(struct signer *s, int fd, pid_t pid)
+static void went_up(struct signer *s, int fd, pid_t pid, struct channels *pool)
 {
 	pthread_mutex_lock(&s->lock);
 	s->fd = fd;
 	s->pid = pid;
+	s->chans = pool;
 	s->up = true;
 	s->pong = true;
 	s->last_pong = now_ms();
@@ -514,6 +621,7 @@ static void *supervise(void *arg)
 	int backoff = SIGNER_BACKOFF_MIN_MS;
 
 	for (;;) {
+		struct channels *pool = NULL;
 		int fd = -1;
 		pid_t pid = 0;
 
@@ -532,7 +640,7 @@ static void *supervise(void *arg)
 		}
 		if (sleep_or_stop(s, backoff))
 			return NULL;
-		if (start_process(s, SIGNER_START_TIMEOUT_MS, &fd, &pid) < 0) {
+		if (start_process(s, SIGNER_START_TIMEOUT_MS, &fd, &pid, &pool) < 0) {
 			if (sleep_or_stop(s, 0))
 				return NULL;
 			backoff = backoff * 2 > SIGNER_BACKOFF_MAX_MS ? SIGNER_BACKOFF_MAX_MS
@@ -540,7 +648,7 @@ static void *supervise(void *arg)
 			log_warning("the signer did not start: next try in %d ms", backoff);
 			continue;
 		}
-		went_up(s, fd, pid);
+		went_up(s, fd, pid, pool);
 		log_info("the signer process is back (pid %d)", (int)pid);
 	}
 }
@@ -550,6 +658,8 @@ static void *supervise(void *arg)
 int signer_start(const struct config *cfg, struct signer **ret)
 {
 	struct signer *s = calloc(1, sizeof(*s));
+	struct channels *pool = NULL;
+	pthread_condattr_t attr;
 	pid_t pid = 0;
 	int fd = -1, r;
 
@@ -558,14 +668,18 @@ int signer_start(const struct config *cfg, struct signer **ret)
 	s->fd = -1;
 	s->wake[0] = s->wake[1] = -1;
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->chan_back, &attr);
+	pthread_condattr_destroy(&attr);
 	s->timeout_ms = cfg->request_timeout ? cfg->request_timeout * 1000u
 					     : SIGNER_REQUEST_TIMEOUT_MS;
 	s->config_path = strdup(cfg->path);
 	r = s->config_path && pipe2(s->wake, O_CLOEXEC) == 0 ? 0 : PS_E_IO;
 	if (r == 0)
-		r = start_process(s, SIGNER_START_TIMEOUT_MS, &fd, &pid);
+		r = start_process(s, SIGNER_START_TIMEOUT_MS, &fd, &pid, &pool);
 	if (r == 0) {
-		went_up(s, fd, pid);
+		went_up(s, fd, pid, pool);
 		r = pthread_create(&s->thread, NULL, supervise, s) == 0 ? 0 : PS_E_NOMEM;
 		s->thread_started = r == 0;
 	}
@@ -602,70 +716,200 @@ int signer_find_key(const struct signer *s, const char *name, size_t *ret)
 	return PS_E_NOT_FOUND;
 }
 
-static int send_issue(struct signer *s, struct waiter *w, size_t i, const char *code)
+/* ---- issuing on a channel ---------------------------------------------- */
+
+/* What a request leaves its channel in. */
+enum after { AFTER_CLEAN, AFTER_OWED, AFTER_BROKEN };
+
+/* A channel fails only when its worker is gone or the signer spoke
+ * nonsense on it: either way the conversation is over, and shutting the
+ * control socket down makes the supervisor start a new signer.  Caller
+ * holds s->lock. */
+static void break_channel_locked(struct signer *s, struct channels *p, struct channel *c)
 {
-	struct signer_writer wr = {0};
-	size_t len = strlen(code);
+	c->broken = true;
+	close_channel(c);
+	if (!p->dead && p == s->chans && s->fd >= 0)
+		(void)shutdown(s->fd, SHUT_RDWR);
+}
+
+/* Reads, without waiting, what came on a free channel that owes an answer:
+ * the late answer clears the debt.  Caller holds s->lock. */
+static void drain_locked(struct signer *s, struct channels *p, struct channel *c)
+{
+	struct pollfd pfd = {c->fd, POLLIN, 0};
+
+	while (c->owed && !c->broken && poll(&pfd, 1, 0) > 0) {
+		if (signer_msg_recv(c->fd, c->msg) < 0 || c->msg->h.type != SIGNER_MSG_ISSUED)
+			break_channel_locked(s, p, c);
+		else if (c->msg->h.id == c->owed)
+			c->owed = 0;
+	}
+}
+
+static void timespec_at_ms(long long ms, struct timespec *ts)
+{
+	ts->tv_sec = ms / 1000;
+	ts->tv_nsec = (ms % 1000) * 1000000L;
+}
+
+/* Takes a free channel, waiting until deadline (monotonic ms) while all
+ * are busy.  A channel that owes the answer to a request that timed out is
+ * not taken until that answer has been read: its worker is still busy with
+ * it (perhaps hung in the token), and the answer would come first.  If
+ * every channel not in use owes one, every other worker is stuck and there
+ * is nothing to wait for.  Returns 0 and *ret_pool, *ret (give it back with
+ * give_back_locked()), PS_E_TOKEN (signer down, or every free worker
+ * stuck), or PS_E_TIMEOUT.  Caller holds s->lock. */
+static int take_channel_locked(struct signer *s, long long deadline, struct channels **ret_pool,
+			       struct channel **ret)
+{
+	for (;;) {
+		struct channels *p = s->up ? s->chans : NULL;
+		bool some_busy = false;
+		struct timespec ts;
+
+		for (size_t i = 0; p && i < p->n; i++) {
+			struct channel *c = &p->ch[i];
+
+			if (c->owed && !c->busy && !c->broken)
+				drain_locked(s, p, c);
+			if (c->broken || c->owed) {
+				some_busy = some_busy || c->busy;
+				continue;
+			}
+			if (c->busy) {
+				some_busy = true;
+				continue;
+			}
+			c->busy = true;
+			p->holders++;
+			*ret_pool = p;
+			*ret = c;
+			return 0;
+		}
+		if (!some_busy)
+			return PS_E_TOKEN;
+		timespec_at_ms(deadline, &ts);
+		if (pthread_cond_timedwait(&s->chan_back, &s->lock, &ts) == ETIMEDOUT)
+			return PS_E_TIMEOUT;
+	}
+}
+
+/* Gives back a channel taken by request id.  Caller holds s->lock. */
+static void give_back_locked(struct signer *s, struct channels *p, struct channel *c,
+			     enum after after, uint32_t id)
+{
+	c->busy = false;
+	if (after == AFTER_OWED)
+		c->owed = id;
+	if (after == AFTER_BROKEN)
+		break_channel_locked(s, p, c);
+	else if (p->dead)
+		close_channel(c);
+	if (--p->holders == 0 && p->dead) {
+		channels_free(p);
+		return;
+	}
+	/* A clean channel serves any one waiter; any other change may leave
+	 * every waiter with nothing to wait for. */
+	if (after == AFTER_CLEAN)
+		pthread_cond_signal(&s->chan_back);
+	else
+		pthread_cond_broadcast(&s->chan_back);
+}
+
+/* The result an ISSUED answer carries. */
+static int answer_result(const struct signer_msg *m, struct issued **ret)
+{
+	if (m->h.status > 0)
+		return PS_E_INTERNAL;
+	if (m->h.status < 0)
+		return m->h.status;
+	return signer_decode_issued(m->payload, m->h.len, ret) < 0 ? PS_E_INTERNAL : 0;
+}
+
+/* Waits on c for the answer to request id until deadline (monotonic ms),
+ * skipping answers to earlier requests.  Returns the answer's result (0
+ * and *ret), PS_E_TIMEOUT (*after: the channel owes the answer) or PS_E_IO
+ * (*after: the channel is broken). */
+static int await_answer(struct channel *c, uint32_t id, long long deadline, struct issued **ret,
+			enum after *after)
+{
+	for (;;) {
+		struct pollfd pfd = {c->fd, POLLIN, 0};
+		long long left = deadline - now_ms();
+		int n;
+
+		if (left <= 0) {
+			*after = AFTER_OWED;
+			return PS_E_TIMEOUT;
+		}
+		n = poll(&pfd, 1, left > INT_MAX ? INT_MAX : (int)left);
+		if (n < 0 && errno != EINTR)
+			break;
+		if (n <= 0)
+			continue;
+		if (signer_msg_recv(c->fd, c->msg) < 0 || c->msg->h.type != SIGNER_MSG_ISSUED)
+			break;
+		if (c->msg->h.id == id)
+			return answer_result(c->msg, ret);
+	}
+	*after = AFTER_BROKEN;
+	return PS_E_IO;
+}
+
+/* Sends the ISSUE for code with key i on c and waits for its answer. */
+static int issue_on(struct channel *c, uint32_t id, size_t i, const char *code,
+		    long long deadline, struct issued **ret, enum after *after)
+{
+	struct signer_issue is = {.key = (uint16_t)i, .deadline_ms = (uint64_t)deadline,
+				  .code_len = strlen(code)};
+	uint8_t payload[SIGNER_ISSUE_MAX];
+	size_t len = 0;
 	int r;
 
-	signer_write_u16(&wr, (uint16_t)i);
-	signer_write_u16(&wr, (uint16_t)len);
-	signer_write_bytes(&wr, code, len);
-	/* Sent under the lock: the descriptor cannot be closed and reused meanwhile. */
-	r = wr.err ? wr.err : signer_msg_send(s->fd, SIGNER_MSG_ISSUE, w->id, 0, wr.data, wr.len);
-	free(wr.data);
+	if (is.code_len > CODE_MAX_LEN)
+		return PS_E_INVALID_CODE;
+	memcpy(is.code, code, is.code_len);
+	r = signer_encode_issue(&is, payload, &len);
+	if (r == 0 && signer_msg_send(c->fd, SIGNER_MSG_ISSUE, id, 0, payload, len) < 0) {
+		*after = AFTER_BROKEN;
+		r = PS_E_IO;
+	}
+	if (r == 0)
+		r = await_answer(c, id, deadline, ret, after);
 	return r;
 }
 
-static void deadline_in(struct timespec *ts, int ms)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
+/* The request goes straight to a signer worker on a channel of its own and
+ * the answer comes straight back: no thread in between on either side. */
 int signer_issue(struct signer *s, size_t i, const char *code, struct issued **ret)
 {
-	struct waiter w = {0};
-	pthread_condattr_t attr;
-	struct timespec deadline;
-	int r = PS_E_TOKEN;
+	enum after after = AFTER_CLEAN;
+	struct channels *p = NULL;
+	struct channel *c = NULL;
+	long long deadline;
+	uint32_t id = 0;
+	int r;
 
-	if (i >= s->n_keys || strlen(code) > UINT16_MAX)
-		return i >= s->n_keys ? PS_E_NOT_FOUND : PS_E_INVALID_CODE;
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&w.cond, &attr);
-	pthread_condattr_destroy(&attr);
+	if (i >= s->n_keys)
+		return PS_E_NOT_FOUND;
+	if (strlen(code) > CODE_MAX_LEN)
+		return PS_E_INVALID_CODE;
 	pthread_mutex_lock(&s->lock);
-	deadline_in(&deadline, (int)s->timeout_ms);
-	if (s->up) {
-		w.id = ++s->next_id;
-		w.next = s->waiters;
-		/* cppcheck-suppress autoVariables ; unlinked before w goes out of scope */
-		s->waiters = &w;
-		r = send_issue(s, &w, i, code);
-	}
-	while (r == 0 && !w.done)
-		if (pthread_cond_timedwait(&w.cond, &s->lock, &deadline) == ETIMEDOUT)
-			r = PS_E_TIMEOUT;
-	if (!w.done)
-		unlink_waiter(s, &w);
+	deadline = now_ms() + s->timeout_ms;
+	r = take_channel_locked(s, deadline, &p, &c);
+	if (r == 0 && (id = ++s->next_id) == 0)
+		id = ++s->next_id; /* 0 means "no answer owed" */
 	pthread_mutex_unlock(&s->lock);
-	pthread_cond_destroy(&w.cond);
-
-	if (r == 0)
-		r = w.status;
-	if (r < 0) {
-		issued_free(w.cert);
-		return r == PS_E_TIMEOUT || r == PS_E_IO ? PS_E_TOKEN : r;
+	if (r == 0) {
+		r = issue_on(c, id, i, code, deadline, ret, &after);
+		pthread_mutex_lock(&s->lock);
+		give_back_locked(s, p, c, after, id);
+		pthread_mutex_unlock(&s->lock);
 	}
-	*ret = w.cert;
-	return 0;
+	return r == PS_E_TIMEOUT || r == PS_E_IO ? PS_E_TOKEN : r;
 }
 
 bool signer_alive(struct signer *s)
@@ -781,6 +1025,7 @@ void signer_free(struct signer *s)
 	for (size_t i = 0; i < s->n_states; i++)
 		free(s->states[i]);
 	free(s->config_path);
+	pthread_cond_destroy(&s->chan_back);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,8 +23,6 @@
 #include "uri.h"
 #include "util.h"
 
-#define QUEUE_MAX 1024
-
 struct key {
 	const char *name;
 	struct token_key *token_key;
@@ -31,24 +30,14 @@ struct key {
 	struct issuer *issuer;
 };
 
-struct job {
-	uint32_t id;
-	uint16_t key;
-	long long queued;               /* monotonic ms */
-	char code[CODE_MAX_LEN + 1];
-};
-
 struct signer_proc {
-	int fd;
+	int fd;                         /* the control socket */
 	struct config *cfg;
 	struct token_set *tokens;
 	struct key *keys;
 	size_t n_keys;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;            /* a job was queued, or stopping */
 	pthread_cond_t monitor_wake;    /* stopping (monotonic clock) */
-	struct job queue[QUEUE_MAX];
-	size_t head, count;
 	bool stopping;
 	unsigned timeout_ms;            /* the front end's request timeout */
 	/* Since when (monotonic ms; 0: idle) each worker runs its job and the
@@ -58,9 +47,18 @@ struct signer_proc {
 	long long monitor_since;
 };
 
-struct worker_arg {
+/* A worker and its channel: it alone reads and answers it, so a request
+ * goes from the front end's thread to the worker that signs it with no
+ * hand-off in between. */
+struct worker {
 	struct signer_proc *s;
 	size_t index;
+	int fd;                         /* the signer's end of the channel */
+	int peer;                       /* the front end's end, until handed over */
+	struct signer_msg *msg;         /* receive buffer */
+	struct signer_writer out;       /* ISSUED payload, reused */
+	pthread_t thread;
+	bool started;
 };
 
 static long long now_ms(void)
@@ -182,31 +180,58 @@ static int send_hello(struct signer_proc *s)
 	return r;
 }
 
-/* Validates and answers one ISSUE.  The code is checked here, whatever the
- * front end checked: a compromised front end gets nothing else signed. */
-static void do_job(struct signer_proc *s, const struct job *j)
+/* A key whose token is failed or hung is refused at once, without a token
+ * call: its requests would only hold workers the other keys need. */
+static int key_usable(struct signer_proc *s, uint16_t key)
 {
-	struct issued *cert = NULL;
-	struct signer_writer w = {0};
-	int r = j->key < s->n_keys ? 0 : PS_E_NOT_FOUND;
+	const char *state = NULL;
 
-	/* Queued behind hung workers: the front end has answered 503 already,
-	 * and nobody would receive the certificate. */
-	if (r == 0 && now_ms() - j->queued > (long long)__atomic_load_n(&s->timeout_ms,
-									  __ATOMIC_RELAXED))
+	if (key >= s->n_keys)
+		return PS_E_NOT_FOUND;
+	return token_key_state(s->keys[key].token_key, &state) == 0 ? 0 : PS_E_TOKEN;
+}
+
+/* Validates one ISSUE and issues the certificate.  The code is checked here,
+ * whatever the front end checked: a compromised front end gets nothing else
+ * signed. */
+static int issue_one(struct signer_proc *s, const struct signer_msg *m, struct issued **ret)
+{
+	struct signer_issue is;
+	int r = signer_decode_issue(m->payload, m->h.len, &is);
+
+	/* A NUL inside shortens the string: code_validate() sees the full
+	 * length and refuses it. */
+	if (r == 0 && code_validate(is.code, is.code_len) < 0)
+		r = PS_E_INVALID_CODE;
+	if (r == 0)
+		r = key_usable(s, is.key);
+	if (r < 0)
+		return r;
+	/* Sent after the front end gave up (it waited behind a hung call):
+	 * nobody would receive the certificate. */
+	if ((uint64_t)now_ms() > is.deadline_ms)
 		r = PS_E_TIMEOUT;
 	if (r == 0)
-		r = issue_certificate(s->keys[j->key].issuer, j->code, sign_with_token,
-				      s->keys[j->key].token_key, &cert);
+		r = issue_certificate(s->keys[is.key].issuer, is.code, sign_with_token,
+				      s->keys[is.key].token_key, ret);
 	if (r < 0)
-		log_warning("key '%s' code %s: not issued: %s",
-			    j->key < s->n_keys ? s->keys[j->key].name : "?", j->code,
+		log_warning("key '%s' code %s: not issued: %s", s->keys[is.key].name, is.code,
 			    ps_strerror(r));
+	return r;
+}
+
+/* Answers the ISSUE in w->msg on w's channel, with the request's id. */
+static void answer_issue(struct worker *w)
+{
+	struct issued *cert = NULL;
+	int r = issue_one(w->s, w->msg, &cert);
+
+	w->out.len = 0;
+	w->out.err = 0;
 	if (r == 0)
-		r = signer_encode_issued(&w, cert);
-	(void)signer_msg_send(s->fd, SIGNER_MSG_ISSUED, j->id, r, r == 0 ? w.data : NULL,
-			      r == 0 ? w.len : 0);
-	free(w.data);
+		r = signer_encode_issued(&w->out, cert);
+	(void)signer_msg_send(w->fd, SIGNER_MSG_ISSUED, w->msg->h.id, r,
+			      r == 0 ? w->out.data : NULL, r == 0 ? w->out.len : 0);
 	issued_free(cert);
 }
 
@@ -215,28 +240,33 @@ static void worker_busy(struct signer_proc *s, size_t i, long long since)
 	__atomic_store_n(&s->worker_since[i], since, __ATOMIC_RELAXED);
 }
 
-static void *worker(void *arg)
+/* Ends the conversation with the front end: the control socket reads EOF
+ * at both ends, serve() returns, and the front end starts a new signer. */
+static void end_conversation(struct signer_proc *s)
 {
-	struct signer_proc *s = ((struct worker_arg *)arg)->s;
-	size_t index = ((struct worker_arg *)arg)->index;
+	(void)shutdown(s->fd, SHUT_RDWR);
+}
+
+/* Answers the requests of one channel until it reads EOF: the front end
+ * closed it or the signer is stopping. */
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
 
 	for (;;) {
-		struct job j;
+		int r = signer_msg_recv(w->fd, w->msg);
 
-		pthread_mutex_lock(&s->lock);
-		while (s->count == 0 && !s->stopping)
-			pthread_cond_wait(&s->cond, &s->lock);
-		if (s->count == 0) {
-			pthread_mutex_unlock(&s->lock);
+		if (r == PS_E_IO)
+			return NULL;
+		if (r < 0 || w->msg->h.type != SIGNER_MSG_ISSUE) {
+			log_error("malformed message on channel %zu from the front end: stopping",
+				  w->index);
+			end_conversation(w->s);
 			return NULL;
 		}
-		j = s->queue[s->head];
-		s->head = (s->head + 1) % QUEUE_MAX;
-		s->count--;
-		pthread_mutex_unlock(&s->lock);
-		worker_busy(s, index, now_ms());
-		do_job(s, &j);
-		worker_busy(s, index, 0);
+		worker_busy(w->s, w->index, now_ms());
+		answer_issue(w);
+		worker_busy(w->s, w->index, 0);
 	}
 }
 
@@ -346,59 +376,13 @@ static void answer_ping(struct signer_proc *s, const struct signer_msg *m)
 	free(st.errors);
 }
 
-/* Parses an ISSUE payload into a job: exact length, code length bounded. */
-static int parse_issue(const struct signer_msg *m, struct job *j)
-{
-	struct signer_reader rd = {m->payload, m->h.len};
-	const uint8_t *code = NULL;
-	uint16_t len = 0;
-
-	if (signer_read_u16(&rd, &j->key) < 0 || signer_read_u16(&rd, &len) < 0 ||
-	    len > CODE_MAX_LEN || signer_read_bytes(&rd, len, &code) < 0 || rd.left != 0)
-		return PS_E_INVALID_REQUEST;
-	memcpy(j->code, code, len);
-	j->code[len] = '\0';
-	j->id = m->h.id;
-	j->queued = now_ms();
-	/* A NUL inside shortens the string: issue_certificate then refuses it,
-	 * because code_validate sees the full length here. */
-	return code_validate(j->code, len) < 0 ? PS_E_INVALID_CODE : 0;
-}
-
-static int enqueue(struct signer_proc *s, const struct job *j)
-{
-	int r = 0;
-
-	pthread_mutex_lock(&s->lock);
-	if (s->count == QUEUE_MAX) {
-		r = PS_E_TOKEN;
-	} else {
-		s->queue[(s->head + s->count) % QUEUE_MAX] = *j;
-		s->count++;
-		pthread_cond_signal(&s->cond);
-	}
-	pthread_mutex_unlock(&s->lock);
-	return r;
-}
-
-/* A key whose token is failed or hung is refused here, at once: its jobs
- * would only take workers from the other keys. */
-static int key_usable(struct signer_proc *s, uint16_t key)
-{
-	const char *state = NULL;
-
-	if (key >= s->n_keys)
-		return PS_E_NOT_FOUND;
-	return token_key_state(s->keys[key].token_key, &state) == 0 ? 0 : PS_E_TOKEN;
-}
-
-/* Reads messages until the front end hangs up or speaks nonsense. */
+/* Reads the control socket until the front end hangs up or speaks
+ * nonsense: it carries nothing but PING now. */
 static void serve(struct signer_proc *s)
 {
 	static struct signer_msg m;
 
 	for (;;) {
-		struct job j = {0};
 		int r = signer_msg_recv(s->fd, &m);
 
 		if (r < 0) {
@@ -406,22 +390,12 @@ static void serve(struct signer_proc *s)
 				log_error("malformed message from the front end: stopping");
 			return;
 		}
-		if (m.h.type == SIGNER_MSG_PING) {
-			answer_ping(s, &m);
-			continue;
-		}
-		if (m.h.type != SIGNER_MSG_ISSUE) {
+		if (m.h.type != SIGNER_MSG_PING) {
 			log_error("unexpected message type %u from the front end: stopping",
 				  m.h.type);
 			return;
 		}
-		r = parse_issue(&m, &j);
-		if (r == 0)
-			r = key_usable(s, j.key);
-		if (r == 0)
-			r = enqueue(s, &j);
-		if (r < 0)
-			(void)signer_msg_send(s->fd, SIGNER_MSG_ISSUED, m.h.id, r, NULL, 0);
+		answer_ping(s, &m);
 	}
 }
 
@@ -439,18 +413,42 @@ static void harden(void)
 
 /* Stops the workers and the monitor.  A thread hung in a module never
  * returns: the process then stays until the front end kills it. */
-static void stop_threads(struct signer_proc *s, pthread_t *threads, size_t n,
-			 const pthread_t *mon)
+static void stop_threads(struct signer_proc *s, struct worker *workers, const pthread_t *mon)
 {
 	pthread_mutex_lock(&s->lock);
 	s->stopping = true;
-	pthread_cond_broadcast(&s->cond);
 	pthread_cond_broadcast(&s->monitor_wake);
 	pthread_mutex_unlock(&s->lock);
-	for (size_t i = 0; i < n; i++)
-		pthread_join(threads[i], NULL);
+	/* A worker waiting for a request reads EOF. */
+	for (size_t i = 0; workers && i < s->n_workers; i++)
+		if (workers[i].fd >= 0)
+			(void)shutdown(workers[i].fd, SHUT_RDWR);
+	for (size_t i = 0; workers && i < s->n_workers; i++)
+		if (workers[i].started)
+			pthread_join(workers[i].thread, NULL);
 	if (mon)
 		pthread_join(*mon, NULL);
+}
+
+static void close_peers(struct worker *workers, size_t n)
+{
+	for (size_t i = 0; workers && i < n; i++) {
+		if (workers[i].peer >= 0)
+			close(workers[i].peer);
+		workers[i].peer = -1;
+	}
+}
+
+static void free_workers(struct worker *workers, size_t n)
+{
+	close_peers(workers, n);
+	for (size_t i = 0; workers && i < n; i++) {
+		if (workers[i].fd >= 0)
+			close(workers[i].fd);
+		free(workers[i].msg);
+		free(workers[i].out.data);
+	}
+	free(workers);
 }
 
 static void free_proc(struct signer_proc *s)
@@ -464,7 +462,6 @@ static void free_proc(struct signer_proc *s)
 	token_set_free(s->tokens);
 	config_free(s->cfg);
 	pthread_mutex_destroy(&s->lock);
-	pthread_cond_destroy(&s->cond);
 	pthread_cond_destroy(&s->monitor_wake);
 }
 
@@ -474,34 +471,95 @@ static void init_proc(struct signer_proc *s, int fd)
 
 	s->fd = fd;
 	pthread_mutex_init(&s->lock, NULL);
-	pthread_cond_init(&s->cond, NULL);
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->monitor_wake, &attr);
 	pthread_condattr_destroy(&attr);
 }
 
-/* Starts the workers; returns how many started. */
-static size_t start_workers(struct signer_proc *s, pthread_t *threads, struct worker_arg *args)
+static struct worker *workers_new(struct signer_proc *s)
 {
-	size_t n = 0;
+	struct worker *workers = calloc(s->n_workers, sizeof(*workers));
 
-	for (; n < s->n_workers; n++) {
-		args[n] = (struct worker_arg){s, n};
-		if (pthread_create(&threads[n], NULL, worker, &args[n]) != 0)
-			break;
+	for (size_t i = 0; workers && i < s->n_workers; i++)
+		workers[i] = (struct worker){.s = s, .index = i, .fd = -1, .peer = -1};
+	return workers;
+}
+
+/* Makes each worker's channel and starts the worker on it.  Returns 0, or
+ * PS_E_IO / PS_E_NOMEM with what started left for stop_threads(). */
+static int start_workers(struct signer_proc *s, struct worker *workers)
+{
+	for (size_t i = 0; i < s->n_workers; i++) {
+		struct worker *w = &workers[i];
+		int sv[2];
+
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+			return PS_E_IO;
+		w->fd = sv[0];
+		w->peer = sv[1];
+		w->msg = malloc(sizeof(*w->msg));
+		if (!w->msg)
+			return PS_E_NOMEM;
+		w->started = pthread_create(&w->thread, NULL, worker_main, w) == 0;
+		if (!w->started)
+			return PS_E_NOMEM;
 	}
-	return n;
+	return 0;
+}
+
+/* Hands the front end its end of each channel, in worker order. */
+static int send_channels(struct signer_proc *s, const struct worker *workers)
+{
+	int r = 0;
+
+	for (size_t i = 0; r == 0 && i < s->n_workers; i++) {
+		struct signer_writer w = {0};
+
+		r = signer_encode_channel(&w, (uint16_t)i, (uint16_t)s->n_workers);
+		if (r == 0)
+			r = signer_msg_send_fd(s->fd, SIGNER_MSG_CHANNEL, 0, 0, w.data, w.len,
+					       workers[i].peer);
+		free(w.data);
+	}
+	return r;
+}
+
+/* Everything after the config is read: keys, workers and their channels,
+ * HELLO, the monitor, then PINGs until the front end goes away. */
+static int run(struct signer_proc *s)
+{
+	struct worker *workers = workers_new(s);
+	bool mon_started = false;
+	pthread_t mon;
+	int r = workers ? 0 : PS_E_NOMEM;
+
+	s->worker_since = calloc(s->n_workers, sizeof(*s->worker_since));
+	if (r == 0 && !s->worker_since)
+		r = PS_E_NOMEM;
+	if (r == 0)
+		r = open_keys(s);
+	if (r == 0)
+		r = start_workers(s, workers);
+	if (r == 0)
+		r = send_hello(s);
+	if (r == 0)
+		r = send_channels(s, workers);
+	close_peers(workers, s->n_workers);
+	if (r == 0)
+		r = pthread_create(&mon, NULL, monitor, s) == 0 ? 0 : PS_E_NOMEM;
+	mon_started = r == 0;
+	if (r == 0)
+		serve(s);
+	stop_threads(s, workers, mon_started ? &mon : NULL);
+	free_workers(workers, s->n_workers);
+	return r;
 }
 
 int signer_main(const char *config_path, int fd)
 {
 	static struct signer_proc s;
 	char err[CONFIG_ERROR_MAX];
-	pthread_t *threads = NULL, mon;
-	struct worker_arg *args = NULL;
-	size_t n_threads = 0;
-	bool mon_started = false;
 	int r;
 
 	harden();
@@ -513,23 +571,7 @@ int signer_main(const char *config_path, int fd)
 	}
 	s.timeout_ms = s.cfg->request_timeout * 1000u;
 	s.n_workers = s.cfg->workers;
-	r = open_keys(&s);
-	if (r == 0)
-		r = send_hello(&s);
-	if (r == 0) {
-		threads = calloc(s.n_workers, sizeof(*threads));
-		args = calloc(s.n_workers, sizeof(*args));
-		s.worker_since = calloc(s.n_workers, sizeof(*s.worker_since));
-	}
-	if (threads && args && s.worker_since)
-		n_threads = start_workers(&s, threads, args);
-	if (n_threads > 0)
-		mon_started = pthread_create(&mon, NULL, monitor, &s) == 0;
-	if (mon_started)
-		serve(&s);
-	stop_threads(&s, threads, n_threads, mon_started ? &mon : NULL);
-	free(threads);
-	free(args);
+	r = run(&s);
 	free_proc(&s);
-	return r == 0 && mon_started ? 0 : 1;
+	return r == 0 ? 0 : 1;
 }

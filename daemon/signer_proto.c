@@ -6,38 +6,64 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "issue.h"
 
-int signer_msg_send(int fd, uint16_t type, uint32_t id, int32_t status, const void *payload,
-		    size_t len)
+/* One datagram: the header, the payload and, if pass_fd >= 0, that
+ * descriptor. */
+static int send_msg(int fd, uint16_t type, uint32_t id, int32_t status, const void *payload,
+		    size_t len, int pass_fd)
 {
 	struct signer_msg_header h = {SIGNER_PROTO_VERSION, type, id, status, (uint32_t)len};
 	struct iovec iov[2] = {{&h, sizeof(h)}, {(void *)(uintptr_t)payload, len}};
 	struct msghdr mh = {.msg_iov = iov, .msg_iovlen = len ? 2 : 1};
+	struct {
+		_Alignas(struct cmsghdr) char buf[CMSG_SPACE(sizeof(int))];
+	} control;
 	ssize_t n;
 
 	if (len > SIGNER_MSG_MAX - sizeof(h))
 		return PS_E_IO;
+	if (pass_fd >= 0) {
+		struct cmsghdr *c;
+
+		memset(&control, 0, sizeof(control));
+		mh.msg_control = control.buf;
+		mh.msg_controllen = sizeof(control.buf);
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+	}
 	do
 		n = sendmsg(fd, &mh, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
 	return n == (ssize_t)(sizeof(h) + len) ? 0 : PS_E_IO;
 }
 
-static bool type_known(uint16_t type)
+int signer_msg_send(int fd, uint16_t type, uint32_t id, int32_t status, const void *payload,
+		    size_t len)
 {
-	return type >= SIGNER_MSG_HELLO && type <= SIGNER_MSG_PONG;
+	return send_msg(fd, type, id, status, payload, len, -1);
 }
 
-int signer_msg_recv(int fd, struct signer_msg *m)
+int signer_msg_send_fd(int fd, uint16_t type, uint32_t id, int32_t status, const void *payload,
+		       size_t len, int pass_fd)
 {
-	ssize_t n;
+	return pass_fd >= 0 ? send_msg(fd, type, id, status, payload, len, pass_fd) : PS_E_IO;
+}
 
-	do
-		n = recv(fd, m, sizeof(*m), MSG_TRUNC);
-	while (n < 0 && errno == EINTR);
+static bool type_known(uint16_t type)
+{
+	return type >= SIGNER_MSG_HELLO && type <= SIGNER_MSG_CHANNEL;
+}
+
+/* Checks the framing of the n bytes that arrived in m. */
+static int check_framing(const struct signer_msg *m, ssize_t n)
+{
 	if (n <= 0)
 		return PS_E_IO;
 	if ((size_t)n > sizeof(*m) || (size_t)n < sizeof(m->h))
@@ -45,6 +71,78 @@ int signer_msg_recv(int fd, struct signer_msg *m)
 	if (m->h.version != SIGNER_PROTO_VERSION || !type_known(m->h.type) ||
 	    m->h.len != (size_t)n - sizeof(m->h))
 		return PS_E_INVALID_REQUEST;
+	return 0;
+}
+
+int signer_msg_recv(int fd, struct signer_msg *m)
+{
+	ssize_t n;
+
+	/* Descriptors nobody asked for are closed by the kernel (MSG_CTRUNC). */
+	do
+		n = recv(fd, m, sizeof(*m), MSG_TRUNC);
+	while (n < 0 && errno == EINTR);
+	return check_framing(m, n);
+}
+
+/* The descriptors that came with mh: closed, except the only one of a
+ * single SCM_RIGHTS message, which goes to *ret_fd. */
+static int take_fds(struct msghdr *mh, int *ret_fd)
+{
+	int fd = -1, extra = 0;
+
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+		size_t n;
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < n; i++) {
+			int got;
+
+			memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			if (fd < 0) {
+				fd = got;
+			} else {
+				close(got);
+				extra++;
+			}
+		}
+	}
+	if (fd < 0 || extra || (mh->msg_flags & MSG_CTRUNC)) {
+		if (fd >= 0)
+			close(fd);
+		return PS_E_INVALID_REQUEST;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+int signer_msg_recv_fd(int fd, struct signer_msg *m, int *ret_fd)
+{
+	struct {
+		_Alignas(struct cmsghdr) char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct iovec iov = {m, sizeof(*m)};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			    .msg_controllen = sizeof(control.buf)};
+	int passed = -1, r;
+	ssize_t n;
+
+	do
+		n = recvmsg(fd, &mh, MSG_TRUNC | MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return PS_E_IO;
+	r = take_fds(&mh, &passed);
+	if (r == 0)
+		r = check_framing(m, n);
+	if (r < 0) {
+		if (passed >= 0)
+			close(passed);
+		return n == 0 ? PS_E_IO : r;
+	}
+	*ret_fd = passed;
 	return 0;
 }
 
@@ -138,6 +236,65 @@ void signer_write_u32(struct signer_writer *w, uint32_t v)
 void signer_write_u64(struct signer_writer *w, uint64_t v)
 {
 	signer_write_bytes(w, &v, sizeof(v));
+}
+
+/* ---- CHANNEL and ISSUE ---- */
+
+int signer_encode_channel(struct signer_writer *w, uint16_t index, uint16_t count)
+{
+	signer_write_u16(w, index);
+	signer_write_u16(w, count);
+	return w->err;
+}
+
+int signer_decode_channel(const uint8_t *payload, size_t len, uint16_t *ret_index,
+			  uint16_t *ret_count)
+{
+	struct signer_reader rd = {payload, len};
+	uint16_t index = 0, count = 0;
+
+	if (signer_read_u16(&rd, &index) < 0 || signer_read_u16(&rd, &count) < 0 ||
+	    rd.left != 0 || index >= count || count > SIGNER_CHANNELS_MAX)
+		return PS_E_INVALID_REQUEST;
+	*ret_index = index;
+	*ret_count = count;
+	return 0;
+}
+
+/* Written in place: the request path allocates nothing for it. */
+int signer_encode_issue(const struct signer_issue *is, uint8_t out[SIGNER_ISSUE_MAX],
+			size_t *ret_len)
+{
+	uint16_t code_len = (uint16_t)is->code_len;
+	uint8_t *p = out;
+
+	if (is->code_len > CODE_MAX_LEN)
+		return PS_E_INVALID_CODE;
+	memcpy(p, &is->key, 2);
+	memcpy(p + 2, &is->deadline_ms, 8);
+	memcpy(p + 10, &code_len, 2);
+	memcpy(p + 12, is->code, is->code_len);
+	*ret_len = 12 + is->code_len;
+	return 0;
+}
+
+int signer_decode_issue(const uint8_t *payload, size_t len, struct signer_issue *ret)
+{
+	struct signer_reader rd = {payload, len};
+	const uint8_t *code = NULL;
+	uint16_t key = 0, code_len = 0;
+	uint64_t deadline = 0;
+
+	if (signer_read_u16(&rd, &key) < 0 || signer_read_u64(&rd, &deadline) < 0 ||
+	    signer_read_u16(&rd, &code_len) < 0 || code_len > CODE_MAX_LEN ||
+	    signer_read_bytes(&rd, code_len, &code) < 0 || rd.left != 0)
+		return PS_E_INVALID_REQUEST;
+	ret->key = key;
+	ret->deadline_ms = deadline;
+	ret->code_len = code_len;
+	memcpy(ret->code, code, code_len);
+	ret->code[code_len] = '\0';
+	return 0;
 }
 
 /* ---- PING and STATUS ---- */

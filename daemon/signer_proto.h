@@ -4,10 +4,22 @@
  * exactly header.len bytes.  Every field is checked on receipt; a message that
  * does not parse ends the conversation (the front end restarts the signer).
  *
+ * Two kinds of socket.  The control socket (the signer's fd 3) carries HELLO,
+ * CHANNEL, PING and PONG.  Each signer worker has a channel of its own, a
+ * socketpair the signer makes and hands over in a CHANNEL message: it
+ * carries ISSUE and ISSUED only, one request at a time.
+ *
  *   HELLO   signer -> front end   the keys: u16 count, then per key
  *                                 u16 name length, name, u32 DER length, CA DER
- *   ISSUE   front end -> signer   u16 key index, u16 code length, code
- *   ISSUED  signer -> front end   status 0: the certificate's DER; else empty
+ *   CHANNEL signer -> front end   right after HELLO, one per worker: u16 index,
+ *                                 u16 count; the front end's end of the
+ *                                 worker's socketpair rides along (SCM_RIGHTS)
+ *   ISSUE   front end -> signer   u16 key index, u64 deadline (CLOCK_MONOTONIC
+ *                                 ms: the front end gives up then, so a later
+ *                                 request is dropped unissued), u16 code
+ *                                 length, code
+ *   ISSUED  signer -> front end   status 0: the certificate (see
+ *                                 signer_encode_issued()); else empty
  *   PING    front end -> signer   u16 ping version (1), u32 request timeout in ms
  *                                 (or empty: keep the timeout); answered by PONG
  *   PONG    signer -> front end   STATUS: u16 status version (1), u32 ms the
@@ -19,7 +31,8 @@
  *                                 then per code u8 name length, CKR_ name, u64
  *                                 failed calls so far
  *
- * Fields are in host byte order: both ends are the same executable. */
+ * Fields are in host byte order and deadlines on the host's monotonic clock:
+ * both ends are the same executable on the same machine. */
 #ifndef POPSIGN_SIGNER_PROTO_H
 #define POPSIGN_SIGNER_PROTO_H
 
@@ -27,7 +40,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SIGNER_PROTO_VERSION 1
+#include "code.h"
+
+#define SIGNER_PROTO_VERSION 2         /* 2: channels, ISSUE with a deadline */
 #define SIGNER_MSG_MAX 65536           /* header included */
 #define SIGNER_KEYS_MAX 1024
 #define SIGNER_PING_VERSION 1
@@ -36,6 +51,9 @@
 #define SIGNER_CKR_NAME_MAX 48         /* a CKR_ name, NUL included */
 #define SIGNER_WORKERS_MAX 1024
 #define SIGNER_ERRORS_MAX 256
+#define SIGNER_CHANNELS_MAX 1024
+/* An ISSUE payload at its longest. */
+#define SIGNER_ISSUE_MAX (2 + 8 + 2 + CODE_MAX_LEN)
 
 enum signer_msg_type {
 	SIGNER_MSG_HELLO = 1,
@@ -43,6 +61,7 @@ enum signer_msg_type {
 	SIGNER_MSG_ISSUED = 3,
 	SIGNER_MSG_PING = 4,
 	SIGNER_MSG_PONG = 5,
+	SIGNER_MSG_CHANNEL = 6,
 };
 
 struct signer_msg_header {
@@ -68,6 +87,17 @@ int signer_msg_send(int fd, uint16_t type, uint32_t id, int32_t status, const vo
  * equal to what arrived).  Returns 0, PS_E_IO (peer gone: EOF or error), or
  * PS_E_INVALID_REQUEST (a malformed message). */
 int signer_msg_recv(int fd, struct signer_msg *m);
+
+/* signer_msg_send() with the descriptor pass_fd attached (SCM_RIGHTS); the
+ * caller keeps its own copy.  Returns 0 or PS_E_IO. */
+int signer_msg_send_fd(int fd, uint16_t type, uint32_t id, int32_t status, const void *payload,
+		       size_t len, int pass_fd);
+
+/* signer_msg_recv() for a message carrying exactly one descriptor: 0 and
+ * *ret_fd (close-on-exec, the caller's to close), or PS_E_IO, or
+ * PS_E_INVALID_REQUEST (malformed, or not exactly one descriptor: any that
+ * came are closed). */
+int signer_msg_recv_fd(int fd, struct signer_msg *m, int *ret_fd);
 
 /* A cursor over a payload, for reading fields with bounds checks. */
 struct signer_reader {
@@ -95,6 +125,30 @@ void signer_write_u16(struct signer_writer *w, uint16_t v);
 void signer_write_u32(struct signer_writer *w, uint32_t v);
 void signer_write_u64(struct signer_writer *w, uint64_t v);
 void signer_write_bytes(struct signer_writer *w, const void *p, size_t n);
+
+/* The CHANNEL payload: this is channel index of count (index < count <=
+ * SIGNER_CHANNELS_MAX).  Decode returns 0, or PS_E_INVALID_REQUEST. */
+int signer_encode_channel(struct signer_writer *w, uint16_t index, uint16_t count);
+int signer_decode_channel(const uint8_t *payload, size_t len, uint16_t *ret_index,
+			  uint16_t *ret_count);
+
+/* An ISSUE request.  code holds code_len bytes and a NUL; a NUL inside is
+ * left for code_validate() to refuse. */
+struct signer_issue {
+	uint16_t key;
+	uint64_t deadline_ms;          /* CLOCK_MONOTONIC */
+	size_t code_len;
+	char code[CODE_MAX_LEN + 1];
+};
+
+/* Writes the ISSUE payload of is into out: 0 and *ret_len, or
+ * PS_E_INVALID_CODE (code_len over CODE_MAX_LEN). */
+int signer_encode_issue(const struct signer_issue *is, uint8_t out[SIGNER_ISSUE_MAX],
+			size_t *ret_len);
+
+/* Decodes an ISSUE payload: exact length, code at most CODE_MAX_LEN bytes.
+ * Returns 0 and fills *ret, or PS_E_INVALID_REQUEST. */
+int signer_decode_issue(const uint8_t *payload, size_t len, struct signer_issue *ret);
 
 /* The PING payload.  Decoding an empty payload gives *ret_timeout_ms 0 (no
  * change).  Decode returns 0, or PS_E_INVALID_REQUEST. */
