@@ -79,122 +79,19 @@ bool aad_token_valid(const char *token, size_t len)
 	return i == len;
 }
 
-/* A zeroed secret of len bytes (and a NUL) in locked memory. */
-static struct secret *secret_alloc(size_t len)
-{
-	struct secret *s = calloc(1, sizeof(*s));
-
-	if (!s)
-		return NULL;
-	s->data = calloc(1, len + 1);
-	if (!s->data) {
-		free(s);
-		return NULL;
-	}
-	/* Best effort, as for the PIN: a small mlock fits RLIMIT_MEMLOCK. */
-	(void)mlock(s->data, len + 1);
-	(void)madvise(s->data, len + 1, MADV_DONTDUMP);
-	s->len = len;
-	return s;
-}
-
-struct secret *aad_secret_new(const char *data, size_t len)
-{
-	struct secret *s = secret_alloc(len);
-
-	if (s && len > 0) /* data may be NULL when len is 0 */
-		memcpy(s->data, data, len);
-	return s;
-}
-
-void aad_secret_free(struct secret *s)
-{
-	if (!s)
-		return;
-	if (s->data) {
-		OPENSSL_cleanse(s->data, s->len + 1);
-		(void)munlock(s->data, s->len + 1);
-		free(s->data);
-	}
-	free(s);
-}
-
-static int open_private(const char *path, int *ret_fd)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK), r = 0;
-	struct stat st;
-
-	if (fd < 0)
-		return errno == ENOENT ? PS_E_NOT_FOUND : errno == EACCES ? PS_E_PERMISSIONS : PS_E_IO;
-	/* fstat on the open descriptor: no window between check and use. */
-	if (fstat(fd, &st) < 0)
-		r = PS_E_IO;
-	else if (!S_ISREG(st.st_mode))
-		r = PS_E_INVALID_REQUEST;
-	else if (st.st_mode & (S_IRWXG | S_IRWXO))
-		r = PS_E_PERMISSIONS;
-	else if (st.st_size > AAD_TOKEN_MAX + 2)
-		r = PS_E_TOO_LARGE;
-	if (r < 0) {
-		close(fd);
-		return r;
-	}
-	*ret_fd = fd;
-	return 0;
-}
-
-/* Reads fd to its end into buf; filling all cap bytes means too large. */
-static int read_capped(int fd, char *buf, size_t cap, size_t *ret_len)
-{
-	size_t len = 0;
-
-	for (;;) {
-		ssize_t n = read(fd, buf + len, cap - len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return PS_E_IO;
-		if (n == 0)
-			break;
-		len += (size_t)n;
-		if (len == cap)
-			return PS_E_TOO_LARGE; /* it grew after fstat */
-	}
-	*ret_len = len;
-	return 0;
-}
-
-#define TOKEN_FILE_BUF (AAD_TOKEN_MAX + 3) /* the token, "\r\n", one byte to spot more */
-
 int aad_read_token_file(const char *path, struct secret **ret)
 {
-	_cleanup_close_ int fd = -1;
-	struct secret *buf = NULL;
-	size_t len = 0;
-	int r;
+	struct secret *s = NULL;
+	/* The token and a line end. */
+	int r = secret_read_file_max(path, AAD_TOKEN_MAX + 2, &s);
 
-	r = open_private(path, &fd);
-	if (r < 0)
+	if (r == 0 && (s->len > AAD_TOKEN_MAX || !aad_token_valid(s->data, s->len))) {
+		r = s->len > AAD_TOKEN_MAX ? PS_E_TOO_LARGE : PS_E_INVALID_REQUEST;
+		secret_free(s);
 		return r;
-	/* Read straight into locked memory, trimmed in place. */
-	buf = secret_alloc(TOKEN_FILE_BUF);
-	if (!buf)
-		return PS_E_NOMEM;
-	r = read_capped(fd, buf->data, TOKEN_FILE_BUF, &len);
-	if (r == 0 && len > 0 && buf->data[len - 1] == '\n')
-		len--;
-	if (r == 0 && len > 0 && buf->data[len - 1] == '\r')
-		len--;
-	if (r == 0 && len > AAD_TOKEN_MAX)
-		r = PS_E_TOO_LARGE;
-	if (r == 0 && !aad_token_valid(buf->data, len))
-		r = PS_E_INVALID_REQUEST;
-	if (r == 0) {
-		*ret = aad_secret_new(buf->data, len);
-		r = *ret ? 0 : PS_E_NOMEM;
 	}
-	aad_secret_free(buf);
+	if (r == 0)
+		*ret = s;
 	return r;
 }
 
@@ -488,7 +385,7 @@ void aad_free(struct aad *a)
 {
 	if (!a)
 		return;
-	aad_secret_free(a->token);
+	secret_free(a->token);
 	free(a->describe);
 	free(a->resource);
 	free(a->token_file);
@@ -748,7 +645,7 @@ static int cli_spawn(char *const argv[], pid_t *ret_pid, int *ret_fd)
  * or PS_E_IO (cannot start), PS_E_TIMEOUT, PS_E_TOO_LARGE, PS_E_NOMEM. */
 static int cli_run(char *const argv[], struct secret **ret_out, int *ret_status)
 {
-	struct secret *out = secret_alloc(AAD_CLI_OUTPUT_MAX);
+	struct secret *out = secret_new(NULL, AAD_CLI_OUTPUT_MAX);
 	int fd = -1, status = 0, r;
 	size_t len = 0;
 	pid_t pid;
@@ -759,7 +656,7 @@ static int cli_run(char *const argv[], struct secret **ret_out, int *ret_status)
 	if (r < 0) {
 		int saved = errno; /* for the message: why it did not start */
 
-		aad_secret_free(out);
+		secret_free(out);
 		errno = saved;
 		return r;
 	}
@@ -770,7 +667,7 @@ static int cli_run(char *const argv[], struct secret **ret_out, int *ret_status)
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	if (r < 0) {
-		aad_secret_free(out);
+		secret_free(out);
 		return r;
 	}
 	out->data[len] = '\0';
@@ -815,11 +712,11 @@ static int acquire_cli(struct aad *a, json_t **ret_doc, struct aad_token_answer 
 
 	r = cli_run(argv, &out, &status);
 	if (r < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		aad_secret_free(out);
+		secret_free(out);
 		return cli_failed(r, status, err);
 	}
 	r = aad_parse_cli_output(out->data, strlen(out->data), time(NULL), ret_doc, ans);
-	aad_secret_free(out);
+	secret_free(out);
 	if (r < 0)
 		azure_error_set(err, AZURE_FAILURE_MALFORMED,
 				"the Azure CLI printed no usable accessToken and expiresOn");
@@ -832,7 +729,7 @@ static int acquire_cli(struct aad *a, json_t **ret_doc, struct aad_token_answer 
  * before, or half-way through a shorter lifetime. */
 static int keep(struct aad *a, const struct aad_token_answer *ans, struct azure_error *err)
 {
-	struct secret *t = aad_secret_new(ans->access_token, ans->len);
+	struct secret *t = secret_new(ans->access_token, ans->len);
 	/* A year is plenty; more would only risk overflow below. */
 	int64_t life = ans->expires_in < AAD_LIFETIME_MAX_S ? ans->expires_in : AAD_LIFETIME_MAX_S;
 	int64_t life_ms = (life > -AAD_LIFETIME_MAX_S ? life : 0) * 1000, margin_ms = life_ms / 2;
@@ -843,7 +740,7 @@ static int keep(struct aad *a, const struct aad_token_answer *ans, struct azure_
 	}
 	if (margin_ms > AAD_REFRESH_MARGIN_S * 1000)
 		margin_ms = AAD_REFRESH_MARGIN_S * 1000;
-	aad_secret_free(a->token);
+	secret_free(a->token);
 	a->token = t;
 	a->refresh_at = mono_ms() + life_ms - margin_ms;
 	return 0;

@@ -100,16 +100,10 @@ bool aad_token_valid(const char *token, size_t len);
 /* Reads a token file: a regular file with no access for group or others, at
  * most AAD_TOKEN_MAX bytes plus one trailing "\n" or "\r\n", holding a token
  * aad_token_valid() accepts.  Returns 0 and *ret (locked memory; free with
- * aad_secret_free()), or PS_E_NOT_FOUND, PS_E_PERMISSIONS, PS_E_TOO_LARGE,
+ * secret_free()), or PS_E_NOT_FOUND, PS_E_PERMISSIONS, PS_E_TOO_LARGE,
  * PS_E_INVALID_REQUEST (empty, not regular, not a token), PS_E_IO,
  * PS_E_NOMEM. */
 int aad_read_token_file(const char *path, struct secret **ret);
-
-/* A copy of len bytes of data in locked memory, or NULL without memory. */
-struct secret *aad_secret_new(const char *data, size_t len);
-
-/* Wipes, unlocks and frees a secret made here.  Accepts NULL. */
-void aad_secret_free(struct secret *s);
 
 /* Parses the answer of an Azure AD token endpoint or of the metadata
  * endpoint (who names it in messages): status 200 with a JSON object

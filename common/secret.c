@@ -12,7 +12,7 @@
 
 #include "error.h"
 
-static int open_checked(const char *path, int *ret_fd)
+static int open_checked(const char *path, size_t max, int *ret_fd)
 {
 	struct stat st;
 	/* O_NONBLOCK: a FIFO must be refused, not waited on. */
@@ -33,7 +33,7 @@ static int open_checked(const char *path, int *ret_fd)
 		close(fd);
 		return PS_E_PERMISSIONS;
 	}
-	if (st.st_size > SECRET_MAX_SIZE) {
+	if ((unsigned long long)st.st_size > max) {
 		close(fd);
 		return PS_E_TOO_LARGE;
 	}
@@ -41,20 +41,33 @@ static int open_checked(const char *path, int *ret_fd)
 	return 0;
 }
 
-static struct secret *secret_alloc(void)
+/* A zeroed secret with room for cap bytes, in locked memory. */
+static struct secret *secret_alloc(size_t cap)
 {
 	struct secret *s = calloc(1, sizeof(*s));
 
 	if (!s)
 		return NULL;
-	s->data = calloc(1, SECRET_MAX_SIZE + 2);
+	s->data = calloc(1, cap);
 	if (!s->data) {
 		free(s);
 		return NULL;
 	}
+	s->cap = cap;
 	/* Best effort: without CAP_IPC_LOCK a small mlock still fits RLIMIT_MEMLOCK. */
-	(void)mlock(s->data, SECRET_MAX_SIZE + 2);
-	(void)madvise(s->data, SECRET_MAX_SIZE + 2, MADV_DONTDUMP);
+	(void)mlock(s->data, cap);
+	(void)madvise(s->data, cap, MADV_DONTDUMP);
+	return s;
+}
+
+struct secret *secret_new(const char *data, size_t len)
+{
+	struct secret *s = secret_alloc(len + 1);
+
+	if (s && data && len > 0) {
+		memcpy(s->data, data, len);
+		s->len = len;
+	}
 	return s;
 }
 
@@ -81,19 +94,25 @@ static int read_all(int fd, char *buf, size_t cap, size_t *ret_len)
 
 int secret_read_file(const char *path, struct secret **ret)
 {
+	return secret_read_file_max(path, SECRET_MAX_SIZE, ret);
+}
+
+int secret_read_file_max(const char *path, size_t max, struct secret **ret)
+{
 	struct secret *s = NULL;
 	int fd = -1, r;
 	size_t len = 0;
 
-	r = open_checked(path, &fd);
+	r = open_checked(path, max, &fd);
 	if (r < 0)
 		return r;
-	s = secret_alloc();
+	/* Room for the file, a byte to see one that grew, and a NUL. */
+	s = secret_alloc(max + 2);
 	if (!s) {
 		r = PS_E_NOMEM;
 		goto out;
 	}
-	r = read_all(fd, s->data, SECRET_MAX_SIZE + 1, &len);
+	r = read_all(fd, s->data, max + 1, &len);
 	if (r < 0)
 		goto out;
 	if (len > 0 && s->data[len - 1] == '\n')
@@ -120,8 +139,8 @@ void secret_free(struct secret *s)
 	if (!s)
 		return;
 	if (s->data) {
-		OPENSSL_cleanse(s->data, SECRET_MAX_SIZE + 2);
-		(void)munlock(s->data, SECRET_MAX_SIZE + 2);
+		OPENSSL_cleanse(s->data, s->cap);
+		(void)munlock(s->data, s->cap);
 		free(s->data);
 	}
 	free(s);

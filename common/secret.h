@@ -10,6 +10,7 @@
 struct secret {
 	char *data; /* NUL-terminated, in locked memory */
 	size_t len;
+	size_t cap; /* bytes allocated at data: all of them are wiped */
 };
 
 /* Reads the secret in path: refuses a file that is not a regular file
@@ -19,6 +20,14 @@ struct secret {
  * On success *ret owns the secret; free it with secret_free().  On failure
  * *ret is untouched and errno-style detail is lost: PS_E_IO or PS_E_NOT_FOUND. */
 int secret_read_file(const char *path, struct secret **ret);
+
+/* The same for files of up to max bytes instead of SECRET_MAX_SIZE. */
+int secret_read_file_max(const char *path, size_t max, struct secret **ret);
+
+/* A copy of the len bytes at data in locked memory, NUL terminated; with
+ * data NULL, room for len bytes and a NUL, zeroed, and len 0.  Returns the
+ * secret (free with secret_free()) or NULL. */
+struct secret *secret_new(const char *data, size_t len);
 
 /* Wipes, unlocks and frees s.  Accepts NULL. */
 void secret_free(struct secret *s);

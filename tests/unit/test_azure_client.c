@@ -938,12 +938,12 @@ START_TEST(token_files)
 	ck_assert_int_eq(aad_read_token_file(path, &s), 0);
 	ck_assert_uint_eq(s->len, 3000);
 	ck_assert(memcmp(s->data, jwt, 3000) == 0 && s->data[3000] == '\0');
-	aad_secret_free(s);
+	secret_free(s);
 
 	write_file(path, "abc\r\n", 0600);
 	ck_assert_int_eq(aad_read_token_file(path, &s), 0);
 	ck_assert_str_eq(s->data, "abc");
-	aad_secret_free(s);
+	secret_free(s);
 	s = NULL;
 	write_file(path, "abc\n", 0640);
 	ck_assert_int_eq(aad_read_token_file(path, &s), PS_E_PERMISSIONS);
@@ -962,7 +962,7 @@ START_TEST(token_files)
 	jwt[AAD_TOKEN_MAX] = '\0';
 	write_file(path, jwt, 0600);
 	ck_assert_int_eq(aad_read_token_file(path, &s), 0);
-	aad_secret_free(s);
+	secret_free(s);
 	s = NULL;
 	ck_assert_int_eq(aad_read_token_file(dir, &s), PS_E_INVALID_REQUEST);
 	free(path);
