@@ -15,11 +15,6 @@
 #include "retry.h"
 #include "util.h"
 
-static inline void curl_url_cleanupp(CURLU **u)
-{
-	curl_url_cleanup(*u);
-}
-
 bool azure_host_is_loopback(const char *host)
 {
 	struct in_addr a4;
@@ -32,16 +27,6 @@ bool azure_host_is_loopback(const char *host)
 	return false;
 }
 
-/* True if u has part (a user, a query, ...). */
-static bool url_has(CURLU *u, CURLUPart part)
-{
-	char *v = NULL;
-	bool has = curl_url_get(u, part, &v, 0) == CURLUE_OK && v && v[0];
-
-	curl_free(v);
-	return has;
-}
-
 /* Why the parsed URL u does not fit policy; NULL if it does. */
 static const char *url_problem(CURLU *u, const char *scheme, const char *host,
 			       enum azure_url_policy policy)
@@ -49,9 +34,9 @@ static const char *url_problem(CURLU *u, const char *scheme, const char *host,
 	char *path = NULL;
 	bool path_ok;
 
-	if (url_has(u, CURLUPART_USER) || url_has(u, CURLUPART_PASSWORD))
+	if (transport_url_has(u, CURLUPART_USER) || transport_url_has(u, CURLUPART_PASSWORD))
 		return "a user or password does not belong in the URL";
-	if (url_has(u, CURLUPART_QUERY) || url_has(u, CURLUPART_FRAGMENT))
+	if (transport_url_has(u, CURLUPART_QUERY) || transport_url_has(u, CURLUPART_FRAGMENT))
 		return "a query or fragment does not belong in the URL";
 	if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
 		return "not a valid URL";

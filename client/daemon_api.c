@@ -28,11 +28,6 @@ struct daemon_api {
 	const struct secret *token; /* borrowed */
 };
 
-static inline void curl_url_cleanupp(CURLU **u)
-{
-	curl_url_cleanup(*u);
-}
-
 /* json_decrefp() is jansson's own (2.11 and later). */
 #define _cleanup_json_ _cleanup_(json_decrefp)
 
@@ -65,16 +60,6 @@ bool daemon_key_name_valid(const char *name)
 	return true;
 }
 
-/* True if u has part (a user, a query, ...). */
-static bool url_has(CURLU *u, CURLUPart part)
-{
-	char *v = NULL;
-	bool has = curl_url_get(u, part, &v, 0) == CURLUE_OK && v && v[0];
-
-	curl_free(v);
-	return has;
-}
-
 static int url_rebuild(CURLU *u, char **ret)
 {
 	char *host = NULL, *port = NULL, *base = NULL;
@@ -99,11 +84,11 @@ static const char *url_problem(CURLU *u, const char *url)
 	char *path = NULL;
 	bool path_ok;
 
-	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK || !url_has(u, CURLUPART_HOST))
+	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK || !transport_url_has(u, CURLUPART_HOST))
 		return "not a valid URL with a host";
-	if (url_has(u, CURLUPART_USER) || url_has(u, CURLUPART_PASSWORD))
+	if (transport_url_has(u, CURLUPART_USER) || transport_url_has(u, CURLUPART_PASSWORD))
 		return "a user or password does not belong in the URL";
-	if (url_has(u, CURLUPART_QUERY) || url_has(u, CURLUPART_FRAGMENT))
+	if (transport_url_has(u, CURLUPART_QUERY) || transport_url_has(u, CURLUPART_FRAGMENT))
 		return "a query or fragment does not belong in the URL";
 	if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
 		return "not a valid URL";

@@ -28,6 +28,15 @@ void transport_global_cleanup(void)
 	curl_global_cleanup();
 }
 
+bool transport_url_has(CURLU *u, CURLUPart part)
+{
+	char *v = NULL;
+	bool has = curl_url_get(u, part, &v, 0) == CURLUE_OK && v && v[0];
+
+	curl_free(v);
+	return has;
+}
+
 void transport_response_clear(struct transport_response *r)
 {
 	if (!r)

@@ -16,6 +16,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <curl/curl.h>
+
 #include "secret.h"
 
 /* Room for libcurl's description of a failed transfer (CURL_ERROR_SIZE). */
@@ -70,5 +72,14 @@ int transport_perform(const struct transport_request *req, struct transport_resp
 
 /* Frees the members of r and zeroes it.  Accepts NULL and a zeroed r. */
 void transport_response_clear(struct transport_response *r);
+
+/* Whether the parsed URL u has a non-empty part (a user, a query, ...). */
+bool transport_url_has(CURLU *u, CURLUPart part);
+
+/* For _cleanup_(): frees a CURLU.  Accepts a NULL one. */
+static inline void curl_url_cleanupp(CURLU **u)
+{
+	curl_url_cleanup(*u);
+}
 
 #endif
