@@ -84,7 +84,8 @@ static const char *url_problem(CURLU *u, const char *url)
 	char *path = NULL;
 	bool path_ok;
 
-	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK || !transport_url_has(u, CURLUPART_HOST))
+	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+	    !transport_url_has(u, CURLUPART_HOST))
 		return "not a valid URL with a host";
 	if (transport_url_has(u, CURLUPART_USER) || transport_url_has(u, CURLUPART_PASSWORD))
 		return "a user or password does not belong in the URL";
