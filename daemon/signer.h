@@ -4,8 +4,18 @@
  *
  * The signer is popsignd itself, re-executed as a separate process that alone
  * loads PKCS#11 modules, reads PINs and holds token sessions.  The two talk
- * over a socketpair with the messages of signer_proto.h.  If the signer dies,
- * requests in flight fail with PS_E_TOKEN and it is restarted with back-off.
+ * with the messages of signer_proto.h: a control socket for HELLO and the
+ * pings, and one channel (socketpair) per signer worker for requests.  A
+ * request takes a free channel (waiting while all are busy), sends ISSUE and
+ * waits on that channel for its answer: no other thread on either side
+ * touches it.  If the signer dies, requests in flight fail with PS_E_TOKEN at
+ * once and it is restarted with back-off.
+ *
+ * A channel whose request timed out still owes that answer: it is not used
+ * again until the late answer has been read (a worker hung in the token
+ * keeps it), and if every channel not in use owes one, requests fail at once
+ * instead of queueing behind hung calls.  The signer drops a request whose
+ * deadline passed before it got to it, so it issues nothing nobody receives.
  *
  * Every PING_INTERVAL (1 s) the front end pings the signer; each PONG brings
  * the signer's status: each key's state, sessions in use, failed PKCS#11
@@ -56,9 +66,10 @@ int signer_find_key(const struct signer *s, const char *name, size_t *ret);
 void signer_set_request_timeout(struct signer *s, unsigned ms);
 
 /* Issues the verification certificate for code with key i, waiting at most
- * the request timeout.  Safe from many threads.  Returns 0 and *ret (free
- * with issued_free()), or PS_E_INVALID_CODE, PS_E_TOKEN (signer down, token
- * failed, timed out), PS_E_NOMEM. */
+ * the request timeout (for a free channel and the answer together).  Safe
+ * from many threads.  Returns 0 and *ret (free with issued_free()), or
+ * PS_E_INVALID_CODE, PS_E_TOKEN (signer down, token failed, every worker
+ * stuck, timed out), PS_E_NOMEM. */
 int signer_issue(struct signer *s, size_t i, const char *code, struct issued **ret);
 
 /* Whether the signer process is up and answered its last ping. */
