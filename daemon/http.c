@@ -632,20 +632,85 @@ static bool wants_pem(struct MHD_Connection *conn)
 	return accept && strcasestr(accept, MEDIA_PEM) && !strcasestr(accept, MEDIA_JSON);
 }
 
+/* Writes s as a JSON string at p, escaped as jansson escapes it, and
+ * returns the end.  Room needed: 6 * strlen(s) + 2 bytes. */
+static char *put_json_string(char *p, const char *s)
+{
+	*p++ = '"';
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		const char *esc = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n" :
+				  c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b" :
+				  c == '\f' ? "\\f" : NULL;
+
+		if (esc) {
+			memcpy(p, esc, 2);
+			p += 2;
+		} else if (c < 0x20) {
+			p += sprintf(p, "\\u%04X", c);
+		} else {
+			*p++ = (char)c;
+		}
+	}
+	*p++ = '"';
+	return p;
+}
+
+/* The 201 answer, written directly rather than through jansson: it is on
+ * every certificate's path, and every value is ASCII already checked
+ * (key name, code, PEM, hex, times).  Returns the text with a final newline
+ * (free it) and its length in *ret_len, or NULL. */
+static char *issued_json(const struct request *req, const struct issued *cert, size_t *ret_len)
+{
+	char nb[RFC3339_LEN], na[RFC3339_LEN];
+	const char *names[] = {"key", "verification_code", "certificate", "serial",
+			       "not_before", "not_after", "sha256_fingerprint"};
+	const char *values[] = {req->key, req->sign.code, cert->pem, cert->serial_hex,
+				nb, na, cert->sha256_fingerprint};
+	size_t cap = 3;
+	char *text, *p;
+
+	time_format_rfc3339(cert->not_before, nb);
+	time_format_rfc3339(cert->not_after, na);
+	for (size_t i = 0; i < ELEMENTSOF(names); i++)
+		cap += strlen(names[i]) + 6 * strlen(values[i]) + 6;
+	text = malloc(cap);
+	if (!text)
+		return NULL;
+	p = text;
+	*p++ = '{';
+	for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+		if (i > 0)
+			*p++ = ',';
+		p = put_json_string(p, names[i]);
+		*p++ = ':';
+		p = put_json_string(p, values[i]);
+	}
+	*p++ = '}';
+	*p++ = '\n';
+	*ret_len = (size_t)(p - text);
+	return text;
+}
+
 static enum MHD_Result respond_issued(struct MHD_Connection *conn, const struct request *req,
 				      const struct issued *cert)
 {
-	char nb[RFC3339_LEN], na[RFC3339_LEN];
+	struct MHD_Response *resp;
+	size_t len = 0;
+	char *text;
 
 	if (wants_pem(conn))
 		return respond_text(conn, req, MHD_HTTP_CREATED, MEDIA_PEM, cert->pem);
-	time_format_rfc3339(cert->not_before, nb);
-	time_format_rfc3339(cert->not_after, na);
-	return respond_json(conn, req, MHD_HTTP_CREATED,
-			    json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "key", req->key,
-				      "verification_code", req->sign.code, "certificate", cert->pem,
-				      "serial", cert->serial_hex, "not_before", nb, "not_after", na,
-				      "sha256_fingerprint", cert->sha256_fingerprint));
+	text = issued_json(req, cert, &len);
+	if (!text)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	add_common_headers(resp, req, MEDIA_JSON);
+	return queue(conn, req, MHD_HTTP_CREATED, resp);
 }
 
 static double seconds_since(const struct timespec *t0)
