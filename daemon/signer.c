@@ -497,11 +497,14 @@ static bool status_hung(struct signer *s, const struct signer_status *st, pid_t 
 	long long limit = watchdog_ms(s);
 	size_t stuck = 0;
 
+	/* One call stuck that long already makes its token "not responding"
+	 * for good: only a new process can end it. */
 	for (size_t i = 0; i < st->n_workers; i++)
 		stuck += st->worker_busy_ms[i] > limit;
-	if (st->n_workers > 0 && stuck == st->n_workers) {
-		log_error("every signer worker has been in a PKCS#11 call for more than %lld ms: "
-			  "killing the signer (pid %d) and starting a new one", limit, (int)pid);
+	if (stuck > 0) {
+		log_error("%zu signer worker(s) have been in a PKCS#11 call for more than %lld ms: "
+			  "killing the signer (pid %d) and starting a new one", stuck, limit,
+			  (int)pid);
 		return true;
 	}
 	if (st->monitor_busy_ms > limit) {

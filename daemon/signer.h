@@ -20,7 +20,7 @@
  * Every PING_INTERVAL (1 s) the front end pings the signer; each PONG brings
  * the signer's status: each key's state, sessions in use, failed PKCS#11
  * calls by CKR_ name, and how long each worker has been in its current job.
- * Watchdog: if every worker (or the token monitor) has been in one job for
+ * Watchdog: if any worker (or the token monitor) has been in one job for
  * longer than max(2 x request_timeout, SIGNER_WATCHDOG_MIN_MS), or pings go
  * unanswered that long, the signer is killed and started again: a PKCS#11
  * call that hangs can only be ended with its process. */
