@@ -146,44 +146,35 @@ int signer_msg_recv_fd(int fd, struct signer_msg *m, int *ret_fd)
 	return 0;
 }
 
+/* Copies the next n bytes into out: 0, or PS_E_INVALID_REQUEST if fewer are left. */
+static int read_fixed(struct signer_reader *r, void *out, size_t n)
+{
+	if (r->left < n)
+		return PS_E_INVALID_REQUEST;
+	memcpy(out, r->p, n);
+	r->p += n;
+	r->left -= n;
+	return 0;
+}
+
 int signer_read_u8(struct signer_reader *r, uint8_t *ret)
 {
-	if (r->left < 1)
-		return PS_E_INVALID_REQUEST;
-	*ret = *r->p;
-	r->p++;
-	r->left--;
-	return 0;
+	return read_fixed(r, ret, sizeof(*ret));
 }
 
 int signer_read_u16(struct signer_reader *r, uint16_t *ret)
 {
-	if (r->left < sizeof(*ret))
-		return PS_E_INVALID_REQUEST;
-	memcpy(ret, r->p, sizeof(*ret));
-	r->p += sizeof(*ret);
-	r->left -= sizeof(*ret);
-	return 0;
+	return read_fixed(r, ret, sizeof(*ret));
 }
 
 int signer_read_u32(struct signer_reader *r, uint32_t *ret)
 {
-	if (r->left < sizeof(*ret))
-		return PS_E_INVALID_REQUEST;
-	memcpy(ret, r->p, sizeof(*ret));
-	r->p += sizeof(*ret);
-	r->left -= sizeof(*ret);
-	return 0;
+	return read_fixed(r, ret, sizeof(*ret));
 }
 
 int signer_read_u64(struct signer_reader *r, uint64_t *ret)
 {
-	if (r->left < sizeof(*ret))
-		return PS_E_INVALID_REQUEST;
-	memcpy(ret, r->p, sizeof(*ret));
-	r->p += sizeof(*ret);
-	r->left -= sizeof(*ret);
-	return 0;
+	return read_fixed(r, ret, sizeof(*ret));
 }
 
 int signer_read_bytes(struct signer_reader *r, size_t n, const uint8_t **ret)
