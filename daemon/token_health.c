@@ -135,8 +135,13 @@ void token_fail(struct token *t, const struct session *s, enum token_fault fault
 
 bool token_stuck_locked(const struct token *t, long long now)
 {
+	/* 9/10 of the timeout: by the time the front end gave up on a call and
+	 * the next request arrives here, the call may have run a few ms less
+	 * than the whole timeout, and that request must not join it. */
+	long long limit = (long long)t->timeout_ms * 9 / 10;
+
 	for (unsigned i = 0; i < t->n_sessions; i++)
-		if (t->sessions[i].busy && now - t->sessions[i].busy_since > t->timeout_ms)
+		if (t->sessions[i].busy && now - t->sessions[i].busy_since > limit)
 			return true;
 	return false;
 }

@@ -90,7 +90,7 @@ struct token {
 	struct session *sessions;
 	unsigned n_sessions;
 	unsigned n_keys;
-	unsigned timeout_ms;        /* a call running longer makes the token "not responding" */
+	unsigned timeout_ms;        /* a call running longer (9/10 of it) makes the token "not responding" */
 	enum token_fault fault;
 	CK_RV fault_rv;             /* the code behind fault, for log lines */
 	unsigned reset;             /* recoveries so far (atomic reads outside lock) */
