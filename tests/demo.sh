@@ -43,6 +43,7 @@ cat > "$work/popsignd.conf" <<CONF
 [daemon]
 listen = 127.0.0.1:0
 validity = 1d
+audit_log = $work/audit.log
 
 [key ec256]
 uri = pkcs11:token=popsign-test;object=ec256;type=private?module-path=$module&pin-source=file:$work/user.pin
@@ -88,6 +89,9 @@ for key in ec256 rsa2048; do
 	echo "   $subject"
 	[ "$subject" = "subject=CN=$code" ] || { echo "unexpected subject" >&2; exit 1; }
 done
+
+step "the audit trail (one durable line per signing request)"
+sed 's/^/   /' "$work/audit.log"
 
 step "stopping popsignd"
 kill "$pid"
