@@ -17,6 +17,7 @@
 
 #include <jansson.h>
 
+#include "testdir.h"
 #include "audit.h"
 #include "error.h"
 
@@ -30,14 +31,9 @@ static void setup(void)
 	snprintf(path, sizeof(path), "%s/audit.log", dir);
 }
 
-static int remove_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(p);
-}
-
 static void teardown(void)
 {
-	nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+	(void)testdir_remove(dir);
 }
 
 static struct audit_record denied(uint64_t id)

@@ -25,6 +25,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "testdir.h"
 #include "aad.h"
 #include "arm.h"
 #include "azure_error.h"
@@ -39,25 +40,6 @@
 #define YEAR_0001 (-62135596800LL)
 
 /* ---- files and directories ---- */
-
-static char *make_tmpdir(void)
-{
-	char *dir = strdup("/tmp/popsign-azure-test-XXXXXX");
-
-	ck_assert_ptr_nonnull(mkdtemp(dir));
-	return dir;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-static void tmpdir_done(char *dir)
-{
-	ck_assert_int_eq(nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
-	free(dir);
-}
 
 static char *path_in(const char *dir, const char *name)
 {

@@ -20,6 +20,7 @@
 
 /* auth.h brings daemon/config.h: a plain "config.h" would find the build
  * directory's generated one first. */
+#include "testdir.h"
 #include "auth.h"
 #include "bearer.h"
 #include "daemon_api.h"
@@ -32,26 +33,6 @@
 #define CODE48 "3F2A9C1B7E6D5A4F3E2D1C0B9A8F7E6D5C4B3A2F1E0D9C8B"
 
 /* ---- helpers ---- */
-
-static char *make_tmpdir(void)
-{
-	char *dir = strdup("/tmp/popsign-test-XXXXXX");
-
-	ck_assert_ptr_nonnull(mkdtemp(dir));
-	return dir;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
-/* Removes dir and everything in it, then frees the string. */
-static void tmpdir_done(char *dir)
-{
-	ck_assert_int_eq(nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
-	free(dir);
-}
 
 static size_t dir_entries(const char *dir)
 {
