@@ -18,27 +18,27 @@ static inline int testdir_remove_entry(const char *path, const struct stat *st, 
 	return remove(path);
 }
 
-/* Removes dir and everything in it; 0 or nftw()'s error. */
-static inline int testdir_remove(const char *dir)
+/* Removes top and everything in it; 0 or nftw()'s error. */
+static inline int testdir_remove(const char *top)
 {
-	return nftw(dir, testdir_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+	return nftw(top, testdir_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* A new directory under /tmp; free it with tmpdir_done(). */
 static inline char *make_tmpdir(void)
 {
-	char *dir = strdup("/tmp/popsign-test-XXXXXX");
+	char *tmp = strdup("/tmp/popsign-test-XXXXXX");
 
-	ck_assert_ptr_nonnull(dir);
-	ck_assert_ptr_nonnull(mkdtemp(dir));
-	return dir;
+	ck_assert_ptr_nonnull(tmp);
+	ck_assert_ptr_nonnull(mkdtemp(tmp));
+	return tmp;
 }
 
-/* Removes dir and everything in it, then frees the string. */
-static inline void tmpdir_done(char *dir)
+/* Removes tmp and everything in it, then frees the string. */
+static inline void tmpdir_done(char *tmp)
 {
-	ck_assert_int_eq(testdir_remove(dir), 0);
-	free(dir);
+	ck_assert_int_eq(testdir_remove(tmp), 0);
+	free(tmp);
 }
 
 #endif
