@@ -1,7 +1,9 @@
 #include "text.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <openssl/crypto.h>
 
@@ -69,4 +71,69 @@ int parse_uint(const char *text, unsigned long long min, unsigned long long max,
 bool bytes_equal_ct(const void *a, const void *b, size_t len)
 {
 	return CRYPTO_memcmp(a, b, len) == 0;
+}
+
+/* Decodes the UTF-8 sequence at *s: its code point, and *s moved past it;
+ * or -1 for a byte that cannot start or continue a valid sequence. */
+static long utf8_next(const unsigned char **s)
+{
+	const unsigned char *p = *s;
+	long min, cp;
+	int more;
+
+	if (p[0] < 0x80) {
+		*s += 1;
+		return p[0];
+	}
+	if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+		more = 1;
+		min = 0x80;
+	} else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+		more = 2;
+		min = 0x800;
+	} else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+		more = 3;
+		min = 0x10000;
+	} else {
+		return -1;
+	}
+	cp = p[0] & (0x3f >> more);
+	for (int k = 1; k <= more; k++) {
+		if ((p[k] & 0xc0) != 0x80) /* the NUL ends this loop too */
+			return -1;
+		cp = cp << 6 | (p[k] & 0x3f);
+	}
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return -1;
+	*s += 1 + more;
+	return cp;
+}
+
+char *json_put_string(char *p, const char *s)
+{
+	const unsigned char *u = (const unsigned char *)s;
+
+	*p++ = '"';
+	while (*u) {
+		long cp = utf8_next(&u);
+		const char *esc = cp == '"' ? "\\\"" : cp == '\\' ? "\\\\" : cp == '\n' ? "\\n" :
+				  cp == '\r' ? "\\r" : cp == '\t' ? "\\t" : cp == '\b' ? "\\b" :
+				  cp == '\f' ? "\\f" : NULL;
+
+		if (cp < 0)
+			return NULL;
+		if (esc) {
+			memcpy(p, esc, 2);
+			p += 2;
+		} else if (cp >= 0x20 && cp < 0x7f) {
+			*p++ = (char)cp;
+		} else if (cp < 0x10000) {
+			p += sprintf(p, "\\u%04lX", cp);
+		} else {
+			cp -= 0x10000;
+			p += sprintf(p, "\\u%04lX\\u%04lX", 0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff));
+		}
+	}
+	*p++ = '"';
+	return p;
 }

@@ -25,6 +25,17 @@ void time_format_rfc3339(time_t t, char out[RFC3339_LEN]);
 int parse_uint(const char *text, unsigned long long min, unsigned long long max,
 	       unsigned long long *ret);
 
+/* Bytes json_put_string() may write for a string of len bytes. */
+#define JSON_STRING_ROOM(len) (6 * (len) + 2)
+
+/* Writes s as a JSON string, quotes included, at p and returns the end, or
+ * NULL if s is not valid UTF-8 (RFC 3629: no overlong forms, no surrogates).
+ * The output is ASCII and escaped as jansson escapes with JSON_ENSURE_ASCII:
+ * quote, backslash and the usual control characters by their short escapes,
+ * other control characters, DEL and every non-ASCII character as \uXXXX
+ * (a pair above U+FFFF).  p must have room for JSON_STRING_ROOM(strlen(s)) bytes. */
+char *json_put_string(char *p, const char *s);
+
 /* Constant-time comparison of two equal-length buffers: true if equal. */
 bool bytes_equal_ct(const void *a, const void *b, size_t len);
 

@@ -1,13 +1,19 @@
-/* The audit trail: JSON lines committed in groups by one writer thread.
+/* The audit trail: JSON lines committed in groups, with no thread of its own.
  *
- * Callers format their line, append it to the pending batch and sleep until
- * the writer has written and fdatasync'd the batch holding it.  The writer
- * takes the whole pending batch at once, so records that arrive while a sync
- * is running share the next one (group commit).  A batch that cannot be
- * written and synced is cut back to the file size it started from, so the
- * file only ever ends in a whole line; every caller in it gets PS_E_AUDIT.
- * If even that cut fails, the trail is marked broken and refuses records
- * until a successful audit_reopen(): the daemon fails closed.
+ * A caller formats its line, appends it to the pending batch and waits until
+ * the batch holding it is written and fdatasync'd.  Whoever finds no commit
+ * running becomes the leader: it takes the whole pending batch, commits it
+ * outside the lock, wakes exactly the callers in it, and hands the lead to a
+ * caller still pending, so records that arrive during a sync share the next
+ * one (group commit).  The leader's own record needs no hand-off at all.
+ * Before taking the batch, a leader waits a little for records announced
+ * and not yet written: at a steady load certificates come out of the signer
+ * one at a time, and without that wait nearly every record would pay for an
+ * fdatasync of its own.  A
+ * batch that cannot be written and synced is cut back to the file size it
+ * started from, so the file only ever ends in a whole line; every caller in
+ * it gets PS_E_AUDIT.  If even that cut fails, the trail is marked broken and
+ * refuses records until a successful audit_reopen(): the daemon fails closed.
  *
  * Lines longer than AUDIT_RECORD_MAX and strings that are not valid UTF-8
  * are refused with PS_E_AUDIT rather than shortened: callers bound and
@@ -18,15 +24,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <jansson.h>
 
 #include "error.h"
 #include "text.h"
@@ -35,9 +38,10 @@
 /* "2026-11-26T17:45:52.123Z" (24 bytes) and its NUL, with room for any struct tm. */
 #define AUDIT_TIME_LEN 80
 
-/* A caller sleeping until its line is committed; lives on its stack. */
+/* A caller waiting until its line is committed; lives on its stack. */
 struct waiter {
 	struct waiter *next;
+	pthread_cond_t wake; /* done, or the lead handed over */
 	int result;
 	bool done;
 };
@@ -52,14 +56,17 @@ struct batch {
 struct audit {
 	char *path;
 	pthread_mutex_t lock;
-	pthread_cond_t wake;  /* writer: records pending, a reopen or stop */
-	pthread_cond_t done;  /* callers: a batch or a reopen finished */
+	pthread_cond_t idle;  /* a commit finished: for reopen and close */
+	pthread_cond_t company; /* the leader gathering: no record announced is missing */
+	unsigned announced;   /* under lock: records announced and not yet written */
+	long delay_ns;        /* the longest wait for them */
+	bool gathering;       /* under lock: the leader waits on company */
 	struct batch pending; /* under lock */
-	int fd;               /* switched by the writer only */
-	int reopen_fd;        /* under lock: -1, or the file to switch to */
+	struct batch spare;   /* the committing leader's, or an empty buffer */
+	bool committing;      /* under lock: a leader is writing a batch */
+	int fd;               /* switched only while no batch is committing */
+	int reopen_fd;        /* under lock: -1, or the file the leader switches to */
 	bool broken;          /* under lock: a failed batch could not be cut back */
-	bool stop;            /* under lock */
-	pthread_t thread;
 };
 
 static void format_time(const struct timespec *ts, char out[AUDIT_TIME_LEN])
@@ -72,40 +79,63 @@ static void format_time(const struct timespec *ts, char out[AUDIT_TIME_LEN])
 		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
 }
 
-/* Formats rec as one JSON line with its newline: 0 and *ret_line (free it),
- * or PS_E_AUDIT for a line that cannot be built or is too long. */
-static int format_line(const struct audit_record *rec, char **ret_line, size_t *ret_len)
+/* Writes "name":"value" at p: the end, or NULL if value is not UTF-8. */
+static char *put_member(char *p, const char *name, const char *value)
 {
-	_cleanup_(json_decrefp) json_t *obj = NULL; /* jansson's own, 2.11 and later */
-	char when[AUDIT_TIME_LEN], not_after[RFC3339_LEN];
-	char *text;
-	size_t len;
+	p = json_put_string(p, name);
+	if (!p)
+		return NULL;
+	*p++ = ':';
+	return json_put_string(p, value);
+}
 
+/* Formats rec as one JSON line with its newline, written directly (it is on
+ * every certificate's path) in the documented member order, NULL members
+ * left out, into buf (AUDIT_RECORD_MAX bytes, or *heap if the worst case
+ * could need more: free it).  Returns 0 and the line, or PS_E_AUDIT for a
+ * line that cannot be built or is too long. */
+static int format_line(const struct audit_record *rec, char *buf, char **heap,
+		       const char **ret_line, size_t *ret_len)
+{
+	char when[AUDIT_TIME_LEN], not_after[RFC3339_LEN];
+	const char *const names[] = {"client", "peer", "key", "verification_code", "context",
+				     "outcome", "error", "serial", "sha256_fingerprint",
+				     "not_after"};
+	const char *const values[] = {rec->client, rec->peer, rec->key, rec->code, rec->context,
+				      rec->outcome, rec->error, rec->serial,
+				      rec->sha256_fingerprint, rec->not_after != 0 ? not_after : NULL};
+	size_t cap = 2 * AUDIT_TIME_LEN + 64; /* time, request_id, braces, newline */
+	char *start = buf, *p;
+
+	if (!rec->outcome)
+		return PS_E_AUDIT;
 	format_time(&rec->time, when);
 	if (rec->not_after != 0)
 		time_format_rfc3339(rec->not_after, not_after);
-	/* The member order is the documented one: jansson keeps insertion order. */
-	obj = json_pack("{s:s, s:I, s:s*, s:s*, s:s*, s:s*, s:s*, s:s, s:s*, s:s*, s:s*, s:s*}",
-			"time", when, "request_id", (json_int_t)rec->request_id,
-			"client", rec->client, "peer", rec->peer, "key", rec->key,
-			"verification_code", rec->code, "context", rec->context,
-			"outcome", rec->outcome, "error", rec->error, "serial", rec->serial,
-			"sha256_fingerprint", rec->sha256_fingerprint,
-			"not_after", rec->not_after != 0 ? not_after : NULL);
-	if (!obj)
-		return PS_E_AUDIT;
-	/* ASCII only: a reader's terminal sees no control or bidi characters. */
-	text = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII);
-	if (!text)
-		return PS_E_AUDIT;
-	len = strlen(text);
-	if (len + 1 > AUDIT_RECORD_MAX) {
-		free(text);
-		return PS_E_AUDIT;
+	for (size_t k = 0; k < ELEMENTSOF(names); k++)
+		if (values[k])
+			cap += JSON_STRING_ROOM(strlen(names[k])) + JSON_STRING_ROOM(strlen(values[k])) + 2;
+	if (cap > AUDIT_RECORD_MAX) {
+		*heap = start = malloc(cap);
+		if (!start)
+			return PS_E_AUDIT;
 	}
-	text[len] = '\n'; /* json_dumps left room for its NUL: reuse it */
-	*ret_line = text;
-	*ret_len = len + 1;
+	p = start;
+	*p++ = '{';
+	p = put_member(p, "time", when);
+	p += sprintf(p, ",\"request_id\":%llu", (unsigned long long)rec->request_id);
+	for (size_t k = 0; k < ELEMENTSOF(names) && p; k++) {
+		if (values[k]) {
+			*p++ = ',';
+			p = put_member(p, names[k], values[k]);
+		}
+	}
+	if (!p || (size_t)(p - start) + 2 > AUDIT_RECORD_MAX)
+		return PS_E_AUDIT;
+	*p++ = '}';
+	*p++ = '\n';
+	*ret_line = start;
+	*ret_len = (size_t)(p - start);
 	return 0;
 }
 
@@ -128,12 +158,15 @@ static int batch_append(struct batch *b, const char *line, size_t len)
 	return 0;
 }
 
-/* Wakes every caller of b with result and empties b. */
+/* Wakes every caller of b with result and empties b.  Called with the
+ * lock held, so no caller can return (and take its waiter off its stack)
+ * before the loop has moved past it. */
 static void batch_finish(struct batch *b, int result)
 {
 	for (struct waiter *w = b->waiters; w; w = w->next) {
 		w->result = result;
 		w->done = true;
+		pthread_cond_signal(&w->wake);
 	}
 	b->waiters = NULL;
 	b->len = 0;
@@ -141,7 +174,7 @@ static void batch_finish(struct batch *b, int result)
 
 /* Moves the lines and callers of pending (under the lock) into the empty
  * work, which lends pending its buffer: callers keep appending while the
- * writer commits. */
+ * leader commits. */
 static void batch_take(struct batch *work, struct batch *pending)
 {
 	struct batch spare = *work;
@@ -165,6 +198,16 @@ static int write_all(int fd, const char *data, size_t len)
 	return 0;
 }
 
+static int sync_data(int fd)
+{
+	int r;
+
+	do
+		r = fdatasync(fd);
+	while (r < 0 && errno == EINTR);
+	return r;
+}
+
 /* Appends data and syncs it; on failure cuts the file back to where it was,
  * and sets *broken if that fails too. */
 static int commit(int fd, const char *data, size_t len, bool *broken)
@@ -173,53 +216,70 @@ static int commit(int fd, const char *data, size_t len, bool *broken)
 
 	if (fstat(fd, &st) < 0)
 		return PS_E_AUDIT;
-	if (write_all(fd, data, len) == 0 && fdatasync(fd) == 0)
+	if (write_all(fd, data, len) == 0 && sync_data(fd) == 0)
 		return 0;
-	if (ftruncate(fd, st.st_size) < 0 || fdatasync(fd) < 0)
+	if (ftruncate(fd, st.st_size) < 0 || sync_data(fd) < 0)
 		*broken = true;
 	return PS_E_AUDIT;
 }
 
-/* Called by the writer with the lock held. */
-static void switch_file(struct audit *a)
+/* Waits, at most the commit delay, until every record announced has been
+ * appended to the pending batch. */
+static void gather(struct audit *a)
 {
-	close(a->fd);
-	a->fd = a->reopen_fd;
-	a->reopen_fd = -1;
-	a->broken = false;
+	struct timespec until;
+
+	if (a->announced == 0 || a->delay_ns == 0)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += a->delay_ns / 1000000000L;
+	until.tv_nsec += a->delay_ns % 1000000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	a->gathering = true;
+	while (a->announced > 0 && pthread_cond_timedwait(&a->company, &a->lock, &until) == 0)
+		;
+	a->gathering = false;
 }
 
-static void *writer_main(void *arg)
+/* An announced record came: called with the lock held. */
+static void arrived(struct audit *a)
 {
-	struct audit *a = arg;
-	struct batch work = { 0 };
+	if (a->announced > 0)
+		a->announced--;
+	if (a->announced == 0 && a->gathering)
+		pthread_cond_signal(&a->company);
+}
 
-	pthread_mutex_lock(&a->lock);
-	for (;;) {
-		bool broken;
-		int r;
+/* Commits the pending batch as its leader, entered and left with the lock
+ * held; then makes a switch audit_reopen() asked for, and hands the lead to
+ * a caller that arrived meanwhile. */
+static void lead(struct audit *a)
+{
+	bool broken;
+	int r;
 
-		while (a->pending.len == 0 && a->reopen_fd < 0 && !a->stop)
-			pthread_cond_wait(&a->wake, &a->lock);
-		if (a->reopen_fd >= 0) {
-			switch_file(a);
-			pthread_cond_broadcast(&a->done);
-			continue;
-		}
-		if (a->pending.len == 0)
-			break; /* stopping, and everything is committed */
-		batch_take(&work, &a->pending);
-		broken = a->broken;
-		pthread_mutex_unlock(&a->lock);
-		r = broken ? PS_E_AUDIT : commit(a->fd, work.data, work.len, &broken);
-		pthread_mutex_lock(&a->lock);
-		a->broken = a->broken || broken;
-		batch_finish(&work, r);
-		pthread_cond_broadcast(&a->done);
-	}
+	a->committing = true;
+	gather(a);
+	broken = a->broken;
+	batch_take(&a->spare, &a->pending);
 	pthread_mutex_unlock(&a->lock);
-	free(work.data);
-	return NULL;
+	r = broken ? PS_E_AUDIT : commit(a->fd, a->spare.data, a->spare.len, &broken);
+	pthread_mutex_lock(&a->lock);
+	a->broken = a->broken || broken;
+	batch_finish(&a->spare, r);
+	a->committing = false;
+	if (a->reopen_fd >= 0) {
+		close(a->fd);
+		a->fd = a->reopen_fd;
+		a->reopen_fd = -1;
+		a->broken = false;
+	}
+	if (a->pending.waiters)
+		pthread_cond_signal(&a->pending.waiters->wake);
+	pthread_cond_broadcast(&a->idle);
 }
 
 /* A crash in the middle of a write may have left part of a line at the end
@@ -277,71 +337,74 @@ static int file_open(const char *path, int *ret_fd)
 	return 0;
 }
 
-/* Starts the writer with every signal blocked: signals belong to the
- * daemon's main thread, and none should interrupt a commit. */
-static int writer_start(struct audit *a)
-{
-	sigset_t all, old;
-	int r;
-
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	r = pthread_create(&a->thread, NULL, writer_main, a);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	return r == 0 ? 0 : PS_E_IO;
-}
-
 int audit_open(const char *path, struct audit **ret)
 {
 	struct audit *a = calloc(1, sizeof(*a));
-	int r = PS_E_IO;
+	pthread_condattr_t attr;
 
 	if (!a)
 		return PS_E_IO;
 	a->fd = -1;
 	a->reopen_fd = -1;
-	pthread_mutex_init(&a->lock, NULL);
-	pthread_cond_init(&a->wake, NULL);
-	pthread_cond_init(&a->done, NULL);
+	a->delay_ns = AUDIT_COMMIT_DELAY_US * 1000L;
 	a->path = strdup(path);
-	if (!a->path || file_open(path, &a->fd) < 0 || writer_start(a) < 0)
-		goto out;
-	*ret = TAKE_PTR(a);
-	r = 0;
-out:
-	if (a) {
-		if (a->fd >= 0)
-			close(a->fd);
-		pthread_cond_destroy(&a->done);
-		pthread_cond_destroy(&a->wake);
-		pthread_mutex_destroy(&a->lock);
+	if (!a->path || file_open(path, &a->fd) < 0) {
 		free(a->path);
 		free(a);
+		return PS_E_IO;
 	}
-	return r;
+	pthread_mutex_init(&a->lock, NULL);
+	pthread_cond_init(&a->idle, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&a->company, &attr);
+	pthread_condattr_destroy(&attr);
+	*ret = a;
+	return 0;
 }
 
 int audit_write(struct audit *a, const struct audit_record *rec)
 {
-	_cleanup_free_ char *line = NULL;
+	_cleanup_free_ char *heap = NULL;
+	char buf[AUDIT_RECORD_MAX];
 	struct waiter w = { .result = PS_E_AUDIT };
-	size_t len;
-	int r = format_line(rec, &line, &len);
+	const char *line = NULL;
+	size_t len = 0;
+	int r = format_line(rec, buf, &heap, &line, &len);
 
-	if (r < 0)
-		return r;
 	pthread_mutex_lock(&a->lock);
-	if (a->broken || batch_append(&a->pending, line, len) < 0) {
+	if (rec->announced)
+		arrived(a);
+	if (r < 0 || a->broken || batch_append(&a->pending, line, len) < 0) {
 		pthread_mutex_unlock(&a->lock);
-		return PS_E_AUDIT;
+		return r < 0 ? r : PS_E_AUDIT;
 	}
+	pthread_cond_init(&w.wake, NULL);
 	w.next = a->pending.waiters;
 	a->pending.waiters = &w;
-	pthread_cond_signal(&a->wake);
-	while (!w.done)
-		pthread_cond_wait(&a->done, &a->lock);
+	while (!w.done) {
+		if (a->committing)
+			pthread_cond_wait(&w.wake, &a->lock);
+		else
+			lead(a);
+	}
 	pthread_mutex_unlock(&a->lock);
+	pthread_cond_destroy(&w.wake);
 	return w.result;
+}
+
+void audit_announce(struct audit *a)
+{
+	pthread_mutex_lock(&a->lock);
+	a->announced++;
+	pthread_mutex_unlock(&a->lock);
+}
+
+void audit_set_commit_delay(struct audit *a, unsigned microseconds)
+{
+	pthread_mutex_lock(&a->lock);
+	a->delay_ns = (long)microseconds * 1000L;
+	pthread_mutex_unlock(&a->lock);
 }
 
 int audit_reopen(struct audit *a, const char *path)
@@ -360,13 +423,19 @@ int audit_reopen(struct audit *a, const char *path)
 		free(a->path);
 		a->path = copy;
 	}
-	/* One switch at a time; the writer makes it between two batches. */
+	/* One switch at a time, made between two batches: by the leader as its
+	 * commit ends, or here if none is running. */
 	while (a->reopen_fd >= 0)
-		pthread_cond_wait(&a->done, &a->lock);
-	a->reopen_fd = fd;
-	pthread_cond_signal(&a->wake);
-	while (a->reopen_fd >= 0)
-		pthread_cond_wait(&a->done, &a->lock);
+		pthread_cond_wait(&a->idle, &a->lock);
+	if (a->committing) {
+		a->reopen_fd = fd;
+		while (a->reopen_fd >= 0)
+			pthread_cond_wait(&a->idle, &a->lock);
+	} else {
+		close(a->fd);
+		a->fd = fd;
+		a->broken = false;
+	}
 	pthread_mutex_unlock(&a->lock);
 	return 0;
 }
@@ -376,14 +445,14 @@ void audit_close(struct audit *a)
 	if (!a)
 		return;
 	pthread_mutex_lock(&a->lock);
-	a->stop = true;
-	pthread_cond_signal(&a->wake);
+	while (a->committing)
+		pthread_cond_wait(&a->idle, &a->lock);
 	pthread_mutex_unlock(&a->lock);
-	pthread_join(a->thread, NULL);
 	close(a->fd);
 	free(a->pending.data);
-	pthread_cond_destroy(&a->done);
-	pthread_cond_destroy(&a->wake);
+	free(a->spare.data);
+	pthread_cond_destroy(&a->company);
+	pthread_cond_destroy(&a->idle);
 	pthread_mutex_destroy(&a->lock);
 	free(a->path);
 	free(a);

@@ -2,17 +2,20 @@
  * leaves the daemon.
  *
  * audit_write() returns only once its record is written and fsync'd; records
- * of concurrent callers are committed together (group commit) by one writer
- * thread.  A record is never torn: a write that cannot be completed is cut
+ * of concurrent callers are committed together (group commit), and a commit
+ * waits up to AUDIT_COMMIT_DELAY_US for records announced as on their way.  A record is never torn: a write that cannot be completed is cut
  * back to the last whole line and reported as PS_E_AUDIT. */
 #ifndef POPSIGN_AUDIT_H
 #define POPSIGN_AUDIT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
 
 #define AUDIT_FILE_MODE 0640
 #define AUDIT_RECORD_MAX 4096 /* bytes in one line, newline included */
+/* How long a commit may wait for announced records to share its fdatasync. */
+#define AUDIT_COMMIT_DELAY_US 200
 
 struct audit;
 
@@ -29,6 +32,7 @@ struct audit_record {
 	const char *serial;         /* issued only */
 	const char *sha256_fingerprint;
 	time_t not_after;           /* issued only */
+	bool announced;             /* audit_announce() was called for it */
 };
 
 /* Opens (creating with AUDIT_FILE_MODE) path for appending and starts the
@@ -45,6 +49,17 @@ int audit_open(const char *path, struct audit **ret);
  * in the file), if a string is not UTF-8, if outcome is NULL, or if the line
  * would be longer than AUDIT_RECORD_MAX: callers bound what they pass. */
 int audit_write(struct audit *a, const struct audit_record *rec);
+
+/* Says that a record is on its way (a certificate is being made): a commit
+ * starting meanwhile waits for it, at most the commit delay, so that
+ * records made at the same time share one fdatasync.  The record must then
+ * be passed to audit_write() with announced set, whatever the outcome. */
+void audit_announce(struct audit *a);
+
+/* Sets how long a commit waits for announced records (default
+ * AUDIT_COMMIT_DELAY_US); 0 turns the wait off.  For tests and benchmarks:
+ * call it before the first audit_write(). */
+void audit_set_commit_delay(struct audit *a, unsigned microseconds);
 
 /* Reopens the audit trail at path, or at the same path if path is NULL (log
  * rotation, SIGHUP).  On failure keeps the old file open and returns

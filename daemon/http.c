@@ -95,6 +95,7 @@ struct request {
 	unsigned retry_after;            /* seconds, for 429 and 503 */
 	int early_error;                 /* decided from the headers, answered at the end */
 	struct sign_request sign;        /* parsed body of the signing route */
+	bool audit_announced;            /* its record is announced and not yet written */
 	bool too_large;
 	size_t discarded;                /* body bytes dropped past HTTP_BODY_MAX */
 	size_t body_len;
@@ -168,7 +169,7 @@ static bool is_sign_route(const struct request *req)
 }
 
 /* Records the outcome of a signing request.  Returns 0 or PS_E_AUDIT. */
-static int audit_outcome(const struct request *req, const char *error, const struct issued *c)
+static int audit_outcome(struct request *req, const char *error, const struct issued *c)
 {
 	struct audit_record rec = {
 		.request_id = req->id,
@@ -182,10 +183,12 @@ static int audit_outcome(const struct request *req, const char *error, const str
 		.serial = c ? c->serial_hex : NULL,
 		.sha256_fingerprint = c ? c->sha256_fingerprint : NULL,
 		.not_after = c ? c->not_after : 0,
+		.announced = req->audit_announced,
 	};
 
 	if (!req->srv->audit)
 		return 0;
+	req->audit_announced = false;
 	clock_gettime(CLOCK_REALTIME, &rec.time);
 	return audit_write(req->srv->audit, &rec);
 }
@@ -632,30 +635,6 @@ static bool wants_pem(struct MHD_Connection *conn)
 	return accept && strcasestr(accept, MEDIA_PEM) && !strcasestr(accept, MEDIA_JSON);
 }
 
-/* Writes s as a JSON string at p, escaped as jansson escapes it, and
- * returns the end.  Room needed: 6 * strlen(s) + 2 bytes. */
-static char *put_json_string(char *p, const char *s)
-{
-	*p++ = '"';
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		const char *esc = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n" :
-				  c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b" :
-				  c == '\f' ? "\\f" : NULL;
-
-		if (esc) {
-			memcpy(p, esc, 2);
-			p += 2;
-		} else if (c < 0x20) {
-			p += sprintf(p, "\\u%04X", c);
-		} else {
-			*p++ = (char)c;
-		}
-	}
-	*p++ = '"';
-	return p;
-}
-
 /* The 201 answer, written directly rather than through jansson: it is on
  * every certificate's path, and every value is ASCII already checked
  * (key name, code, PEM, hex, times).  Returns the text with a final newline
@@ -673,7 +652,7 @@ static char *issued_json(const struct request *req, const struct issued *cert, s
 	time_format_rfc3339(cert->not_before, nb);
 	time_format_rfc3339(cert->not_after, na);
 	for (size_t i = 0; i < ELEMENTSOF(names); i++)
-		cap += strlen(names[i]) + 6 * strlen(values[i]) + 6;
+		cap += JSON_STRING_ROOM(strlen(names[i])) + JSON_STRING_ROOM(strlen(values[i])) + 2;
 	text = malloc(cap);
 	if (!text)
 		return NULL;
@@ -682,9 +661,15 @@ static char *issued_json(const struct request *req, const struct issued *cert, s
 	for (size_t i = 0; i < ELEMENTSOF(names); i++) {
 		if (i > 0)
 			*p++ = ',';
-		p = put_json_string(p, names[i]);
-		*p++ = ':';
-		p = put_json_string(p, values[i]);
+		p = json_put_string(p, names[i]);
+		if (p) {
+			*p++ = ':';
+			p = json_put_string(p, values[i]);
+		}
+		if (!p) {
+			free(text);
+			return NULL;
+		}
 	}
 	*p++ = '}';
 	*p++ = '\n';
@@ -751,6 +736,10 @@ static enum MHD_Result handle_sign(struct request *req, struct MHD_Connection *c
 	r = request_parse_sign(req->body, req->body_len, &req->sign, why);
 	if (r < 0)
 		return respond_error(conn, req, r, why[0] ? why : NULL);
+	if (req->srv->audit) {
+		audit_announce(req->srv->audit);
+		req->audit_announced = true;
+	}
 	r = timed_issue(req, &cert);
 	if (r < 0) {
 		log_warning("request %llu: client '%s' key '%s' code %s: not issued: %s",

@@ -1,6 +1,7 @@
 /* audit: the JSON lines it writes, the files it refuses, concurrent writers,
- * a write that fails half way (cut back to whole lines), log rotation, and
- * a torn tail left by a crash. */
+ * group commit (announced records share an fdatasync), a write that fails
+ * half way (cut back to whole lines), log rotation, and a torn tail left by
+ * a crash. */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -11,8 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -22,6 +26,15 @@
 #include "error.h"
 
 static char dir[] = "/tmp/popsign-audit-XXXXXX";
+static atomic_uint syncs;
+
+/* Counts commits: this definition takes the place of the C library's for
+ * the audit code linked into this program. */
+int fdatasync(int fd)
+{
+	atomic_fetch_add(&syncs, 1);
+	return (int)syscall(SYS_fdatasync, fd);
+}
 static char path[sizeof(dir) + 32];
 
 static void setup(void)
@@ -410,6 +423,110 @@ START_TEST(concurrent_writers)
 }
 END_TEST
 
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+#define SPACED 4
+
+struct spaced_arg {
+	struct audit *a;
+	unsigned k;
+	int result;
+};
+
+/* Writes announced record k after k * 20 ms. */
+static void *spaced_writer(void *p)
+{
+	struct spaced_arg *arg = p;
+	struct audit_record rec = denied(arg->k);
+
+	rec.announced = true;
+	sleep_ms(20L * arg->k);
+	arg->result = audit_write(arg->a, &rec);
+	return NULL;
+}
+
+/* Writes SPACED announced records 20 ms apart: returns the commits made. */
+static unsigned spaced_records(unsigned delay_us, bool announce)
+{
+	struct spaced_arg args[SPACED];
+	pthread_t threads[SPACED];
+	struct audit *a = open_ok();
+	unsigned before;
+	json_t *lines;
+
+	audit_set_commit_delay(a, delay_us);
+	for (unsigned k = 0; k < SPACED && announce; k++)
+		audit_announce(a);
+	before = atomic_load(&syncs);
+	for (unsigned k = 0; k < SPACED; k++) {
+		args[k] = (struct spaced_arg){ .a = a, .k = k, .result = -1 };
+		ck_assert_int_eq(pthread_create(&threads[k], NULL, spaced_writer, &args[k]), 0);
+	}
+	for (unsigned k = 0; k < SPACED; k++) {
+		pthread_join(threads[k], NULL);
+		ck_assert_int_eq(args[k].result, 0);
+	}
+	before = atomic_load(&syncs) - before;
+	audit_close(a);
+	lines = read_lines(path);
+	ck_assert_uint_eq(json_array_size(lines), SPACED);
+	json_decref(lines);
+	ck_assert_int_eq(unlink(path), 0);
+	return before;
+}
+
+START_TEST(announced_records_share_a_commit)
+{
+	/* With a delay longer than the spacing, the first commit waits for
+	 * all four; without announcements, or with no delay, each record is
+	 * committed alone. */
+	ck_assert_uint_eq(spaced_records(5 * 1000000, true), 1);
+	ck_assert_uint_eq(spaced_records(5 * 1000000, false), SPACED);
+	ck_assert_uint_eq(spaced_records(0, true), SPACED);
+}
+END_TEST
+
+START_TEST(wait_for_missing_record_is_bounded)
+{
+	struct audit_record rec = denied(1);
+	struct audit *a = open_ok();
+	double t0, took;
+
+	/* Announced, never written: a commit waits for it only so long. */
+	audit_set_commit_delay(a, 100 * 1000);
+	audit_announce(a);
+	t0 = now_s();
+	write_ok(a, &rec);
+	took = now_s() - t0;
+	ck_assert_msg(took >= 0.1 && took < 5, "took %.3f s", took);
+	/* An announced record that fails still counts as arrived. */
+	rec.announced = true;
+	rec.outcome = NULL;
+	ck_assert_int_eq(audit_write(a, &rec), PS_E_AUDIT);
+	rec.outcome = "denied";
+	rec.announced = false;
+	t0 = now_s();
+	write_ok(a, &rec);
+	took = now_s() - t0;
+	ck_assert_msg(took < 0.1, "took %.3f s with nothing announced", took);
+	audit_close(a);
+}
+END_TEST
+
 START_TEST(reopen_after_rename)
 {
 	char rotated[sizeof(path) + 8];
@@ -636,6 +753,8 @@ static Suite *audit_suite(void)
 	tcase_add_test(file, close_null);
 	tcase_add_test(conc, concurrent_writers);
 	tcase_add_test(conc, reopen_under_load);
+	tcase_add_test(conc, announced_records_share_a_commit);
+	tcase_add_test(conc, wait_for_missing_record_is_bounded);
 	tcase_add_test(fail, write_failure_cut_back);
 	suite_add_tcase(s, rec);
 	suite_add_tcase(s, file);

@@ -1,4 +1,5 @@
-/* text.h: hex, RFC 3339 times, strict numbers, constant-time compare. */
+/* text.h: hex, RFC 3339 times, strict numbers, constant-time compare, JSON
+ * strings. */
 #include <check.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -158,6 +159,80 @@ START_TEST(compare)
 }
 END_TEST
 
+/* json_put_string() into a buffer of exactly the documented room; NULL
+ * when it refuses s. */
+static char *json_string(const char *s)
+{
+	size_t room = JSON_STRING_ROOM(strlen(s));
+	char *out = malloc(room + 1);
+	char *end;
+
+	ck_assert_ptr_nonnull(out);
+	end = json_put_string(out, s);
+	if (!end) {
+		free(out);
+		return NULL;
+	}
+	ck_assert_uint_le((size_t)(end - out), room);
+	*end = '\0';
+	return out;
+}
+
+START_TEST(json_string_escapes)
+{
+	static const struct {
+		const char *in, *out;
+	} cases[] = {
+		{ "", "\"\"" },
+		{ "plain ASCII ~!", "\"plain ASCII ~!\"" },
+		{ "q\"b\\/", "\"q\\\"b\\\\/\"" },
+		{ "\n\r\t\b\f", "\"\\n\\r\\t\\b\\f\"" },
+		{ "\x01\x1f\x7f", "\"\\u0001\\u001F\\u007F\"" },
+		{ "caf\xc3\xa9", "\"caf\\u00E9\"" },
+		{ "\xe2\x80\xae", "\"\\u202E\"" },             /* right-to-left override */
+		{ "\xef\xbf\xbf", "\"\\uFFFF\"" },
+		{ "\xf0\x9f\x98\x80", "\"\\uD83D\\uDE00\"" },  /* U+1F600: a pair */
+		{ "\xf4\x8f\xbf\xbf", "\"\\uDBFF\\uDFFF\"" },  /* U+10FFFF, the last */
+		/* The worst case for room: every byte a six-byte escape. */
+		{ "\x01\x01\x01", "\"\\u0001\\u0001\\u0001\"" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *got = json_string(cases[i].in);
+
+		ck_assert_msg(got, "case %zu refused", i);
+		ck_assert_str_eq(got, cases[i].out);
+		free(got);
+	}
+}
+END_TEST
+
+START_TEST(json_string_refuses_bad_utf8)
+{
+	static const char *const bad[] = {
+		"\x80",                 /* a continuation byte alone */
+		"a\xbf",
+		"\xc0\x80",             /* overlong NUL */
+		"\xc1\xbf",             /* overlong */
+		"\xe0\x80\x80",         /* overlong three-byte form */
+		"\xf0\x80\x80\x80",     /* overlong four-byte form */
+		"\xed\xa0\x80",         /* U+D800, a surrogate */
+		"\xed\xbf\xbf",         /* U+DFFF */
+		"\xf4\x90\x80\x80",     /* U+110000, past the last */
+		"\xf5\x80\x80\x80",
+		"\xff",
+		"\xc3",                 /* cut short by the end */
+		"\xe2\x80",
+		"\xf0\x9f\x98",
+		"\xc3(",                /* cut short by the next character */
+		"ok \xe2\x80 then more",
+	};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		ck_assert_msg(!json_string(bad[i]), "case %zu accepted", i);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("text");
@@ -172,6 +247,8 @@ int main(void)
 	tcase_add_test(tc, parse_uint_good);
 	tcase_add_test(tc, parse_uint_bad);
 	tcase_add_test(tc, compare);
+	tcase_add_test(tc, json_string_escapes);
+	tcase_add_test(tc, json_string_refuses_bad_utf8);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
