@@ -935,6 +935,264 @@ START_TEST(issue_concurrently)
 }
 END_TEST
 
+/* ---- the DER itself: OpenSSL's encoders make the same bytes ---- */
+
+/* Where the TBS sits inside a certificate's DER. */
+static size_t tbs_in(const struct issued *c, const unsigned char **ret_tbs)
+{
+	const unsigned char *p = c->der, *tbs;
+	long len = 0;
+	int tag = 0, cls = 0;
+
+	ck_assert_int_eq(ASN1_get_object(&p, &len, &tag, &cls, (long)c->der_len), V_ASN1_CONSTRUCTED);
+	ck_assert_int_eq(tag, V_ASN1_SEQUENCE);
+	tbs = p;
+	ck_assert_int_eq(ASN1_get_object(&p, &len, &tag, &cls, (long)(c->der + c->der_len - p)),
+			 V_ASN1_CONSTRUCTED);
+	ck_assert_int_eq(tag, V_ASN1_SEQUENCE);
+	*ret_tbs = tbs;
+	return (size_t)(p - tbs) + (size_t)len;
+}
+
+static void add_reference_key(X509 *x, X509 *leaf)
+{
+	const ASN1_BIT_STRING *bits = X509_get0_pubkey_bitstr(leaf);
+	unsigned char *point = OPENSSL_memdup(ASN1_STRING_get0_data(bits), (size_t)ASN1_STRING_length(bits));
+
+	ck_assert_ptr_nonnull(point);
+	ck_assert_int_eq(ASN1_STRING_length(bits), 65);
+	ck_assert(X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), OBJ_nid2obj(NID_X9_62_id_ecPublicKey),
+					 V_ASN1_OBJECT, OBJ_nid2obj(NID_X9_62_prime256v1), point,
+					 ASN1_STRING_length(bits)));
+}
+
+static void add_reference_extensions(X509 *x, const struct test_ca *t, X509 *ca)
+{
+	AUTHORITY_KEYID *akid = AUTHORITY_KEYID_new();
+	unsigned char id[EVP_MAX_MD_SIZE];
+	unsigned len = 0;
+
+	add_ext(x, NID_basic_constraints, "critical,CA:FALSE");
+	add_ext(x, NID_key_usage, "critical,digitalSignature");
+	add_ext(x, NID_subject_key_identifier, "hash");
+	expected_key_id(t, ca, id, &len);
+	ck_assert_ptr_nonnull(akid);
+	akid->keyid = ASN1_OCTET_STRING_new();
+	ck_assert(akid->keyid && ASN1_OCTET_STRING_set(akid->keyid, id, (int)len));
+	ck_assert_int_eq(X509_add1_ext_i2d(x, NID_authority_key_identifier, akid, 0, X509V3_ADD_APPEND), 1);
+	AUTHORITY_KEYID_free(akid);
+}
+
+/* The TBS OpenSSL's X509 encoder makes for c's serial, times, code and
+ * public key: the profile built field by field with OpenSSL's objects. */
+static size_t reference_tbs(const struct test_ca *t, X509 *ca, X509 *leaf, const struct issued *c,
+			    const char *code, unsigned char **out)
+{
+	X509 *x = X509_new();
+	BIGNUM *bn = NULL;
+	ASN1_INTEGER *serial;
+	bool rsa = t->sig_nid == NID_sha256WithRSAEncryption;
+	int len;
+
+	ck_assert_ptr_nonnull(x);
+	ck_assert_int_eq(BN_hex2bn(&bn, c->serial_hex), 32);
+	serial = BN_to_ASN1_INTEGER(bn, NULL);
+	ck_assert(serial && X509_set_serialNumber(x, serial));
+	ck_assert(X509_set_version(x, X509_VERSION_3));
+	ck_assert(X509_set_issuer_name(x, X509_get_subject_name(ca)));
+	ck_assert(X509_NAME_add_entry_by_NID(X509_get_subject_name(x), NID_commonName, V_ASN1_UTF8STRING,
+					     (const unsigned char *)code, -1, -1, 0));
+	ck_assert(ASN1_TIME_set(X509_getm_notBefore(x), c->not_before));
+	ck_assert(ASN1_TIME_set(X509_getm_notAfter(x), c->not_after));
+	add_reference_key(x, leaf);
+	add_reference_extensions(x, t, ca);
+	ck_assert(X509_ALGOR_set0((X509_ALGOR *)X509_get0_tbs_sigalg(x), OBJ_nid2obj(t->sig_nid),
+				  rsa ? V_ASN1_NULL : V_ASN1_UNDEF, NULL));
+	len = i2d_re_X509_tbs(x, out);
+	ck_assert_int_gt(len, 0);
+	ASN1_INTEGER_free(serial);
+	BN_free(bn);
+	X509_free(x);
+	return (size_t)len;
+}
+
+/* c's DER is OpenSSL's encoding of the profile, byte for byte, and is DER:
+ * decoded and encoded again (the TBS forced to be re-encoded, not copied
+ * from the input), it comes out unchanged. */
+static void check_same_der(const struct test_ca *t, X509 *ca, const struct issued *c, const char *code)
+{
+	X509 *leaf = parse_der(c->der, c->der_len);
+	const unsigned char *tbs;
+	unsigned char *want = NULL, *again = NULL;
+	size_t tbs_len = tbs_in(c, &tbs), want_len = reference_tbs(t, ca, leaf, c, code, &want);
+	int len;
+
+	ck_assert_uint_eq(tbs_len, want_len);
+	ck_assert_mem_eq(tbs, want, tbs_len);
+	len = i2d_X509(leaf, &again);
+	ck_assert_uint_eq((size_t)len, c->der_len);
+	ck_assert_mem_eq(again, c->der, c->der_len);
+	OPENSSL_free(again);
+	again = NULL;
+	len = i2d_re_X509_tbs(leaf, &again);
+	ck_assert_uint_eq((size_t)len, tbs_len);
+	ck_assert_mem_eq(again, tbs, tbs_len);
+	OPENSSL_free(again);
+	OPENSSL_free(want);
+	X509_free(leaf);
+}
+
+START_TEST(issue_same_der_as_openssl)
+{
+	const struct test_ca *t = &cas[_i];
+	struct ca_cert *ca = load_ca(t);
+	struct issuer *i = new_issuer(ca, VALIDITY);
+	struct test_signer s = { .key = t->key };
+
+	/* Every code length, so every length field takes its every size here. */
+	for (int len = 1; len <= 64; len++) {
+		char code[65];
+		struct issued *c;
+
+		for (int n = 0; n < len; n++)
+			code[n] = "0123456789ABCDEFabcdefXYZxyz"[(len + n) % 28];
+		code[len] = '\0';
+		c = issue_ok(i, code, &s);
+		check_same_der(t, ca->x509, c, code);
+		issued_free(c);
+	}
+	issuer_free(i);
+	ca_cert_free(ca);
+}
+END_TEST
+
+#define Y2050 ((time_t)2524608000) /* 2050-01-01T00:00:00Z */
+
+/* notAfter as RFC 5280 has it: UTCTime through 2049, GeneralizedTime from 2050. */
+static void check_not_after_encoding(X509 *leaf, const struct issued *c)
+{
+	const ASN1_TIME *na = X509_get0_notAfter(leaf);
+	bool utc = c->not_after < Y2050;
+	char text[32];
+	const char *want = text;
+	struct tm tm;
+
+	ck_assert_ptr_nonnull(gmtime_r(&c->not_after, &tm));
+	ck_assert_uint_eq(strftime(text, sizeof(text), "%Y%m%d%H%M%SZ", &tm), 15);
+	if (utc)
+		want += 2; /* YYMMDDHHMMSSZ */
+	ck_assert_int_eq(ASN1_STRING_type(na), utc ? V_ASN1_UTCTIME : V_ASN1_GENERALIZEDTIME);
+	ck_assert_int_eq(ASN1_STRING_length(na), (int)strlen(want));
+	ck_assert_mem_eq(ASN1_STRING_get0_data(na), want, strlen(want));
+	ck_assert_int_eq(asn1_time(na), c->not_after);
+	ck_assert_int_eq(ASN1_STRING_type(X509_get0_notBefore(leaf)), V_ASN1_UTCTIME);
+}
+
+START_TEST(issue_times_after_2049)
+{
+	const struct test_ca *t = &cas[_i];
+	struct ca_cert *ca = load_ca(t);
+	struct test_signer s = { .key = t->key };
+	time_t now = time(NULL);
+	/* notAfter an hour before 2050, a second before, at 2050 (or just after,
+	 * as the clock moves on), and as late as validity goes (2150s). */
+	const unsigned validity[] = { (unsigned)(Y2050 - 3600 - now), (unsigned)(Y2050 - 1 - now),
+				      (unsigned)(Y2050 - now), UINT_MAX };
+	bool seen_utc = false, seen_generalized = false;
+
+	for (size_t k = 0; k < sizeof(validity) / sizeof(validity[0]); k++) {
+		struct issuer *i = new_issuer(ca, validity[k]);
+		struct issued *c = issue_ok(i, CODE48, &s);
+		X509 *leaf = parse_der(c->der, c->der_len);
+
+		ck_assert_int_eq(c->not_after - c->not_before, (time_t)validity[k] + ISSUE_BACKDATE);
+		check_not_after_encoding(leaf, c);
+		seen_utc |= c->not_after < Y2050;
+		seen_generalized |= c->not_after >= Y2050;
+		ck_assert_int_eq(X509_verify(leaf, ca->pubkey), 1);
+		check_same_der(t, ca->x509, c, CODE48);
+		X509_free(leaf);
+		issued_free(c);
+		issuer_free(i);
+	}
+	ck_assert(seen_utc && seen_generalized);
+	ca_cert_free(ca);
+}
+END_TEST
+
+/* A token's r || s with leading zero bytes and top bits set: the
+ * certificate's ECDSA-Sig-Value must be what i2d_ECDSA_SIG() makes. */
+struct fixed_sig {
+	uint8_t raw[2 * 66];
+	size_t len;
+};
+
+static int fixed_sign(void *ctx, const uint8_t *in, size_t inlen, uint8_t *sig, size_t sig_cap,
+		      size_t *siglen)
+{
+	const struct fixed_sig *f = ctx;
+
+	ck_assert_uint_le(f->len, sig_cap);
+	memcpy(sig, f->raw, f->len);
+	*siglen = f->len;
+	return 0;
+}
+
+static void check_ecdsa_der(const struct issued *c, const struct fixed_sig *f)
+{
+	X509 *leaf = parse_der(c->der, c->der_len);
+	const ASN1_BIT_STRING *bits = NULL;
+	ECDSA_SIG *sig = ECDSA_SIG_new();
+	BIGNUM *r = BN_bin2bn(f->raw, (int)(f->len / 2), NULL);
+	BIGNUM *s = BN_bin2bn(f->raw + f->len / 2, (int)(f->len / 2), NULL);
+	unsigned char *want = NULL;
+	int len;
+
+	ck_assert(sig && r && s && ECDSA_SIG_set0(sig, r, s));
+	len = i2d_ECDSA_SIG(sig, &want);
+	ck_assert_int_gt(len, 0);
+	X509_get0_signature(&bits, NULL, leaf);
+	ck_assert_int_eq(ASN1_STRING_length(bits), len);
+	ck_assert_mem_eq(ASN1_STRING_get0_data(bits), want, (size_t)len);
+	OPENSSL_free(want);
+	ECDSA_SIG_free(sig);
+	X509_free(leaf);
+}
+
+START_TEST(issue_ecdsa_signature_der)
+{
+	const struct test_ca *t = &cas[_i];
+	size_t half = (size_t)(EVP_PKEY_get_bits(t->key) + 7) / 8;
+	struct ca_cert *ca = load_ca(t);
+	struct issuer *i = new_issuer(ca, VALIDITY);
+
+	ck_assert_int_ne(t->sig_nid, NID_sha256WithRSAEncryption);
+	for (int k = 0; k < 4; k++) {
+		struct fixed_sig f = { .len = 2 * half };
+		struct issued *c = NULL;
+
+		memset(f.raw, 0x5a, f.len);
+		if (k == 0) { /* r = 1: every leading zero goes */
+			memset(f.raw, 0, half - 1);
+			f.raw[half - 1] = 1;
+			memset(f.raw + half, 0xff, half);
+		} else if (k == 1) { /* r = 0x0080...: one zero goes, one stays */
+			f.raw[0] = 0;
+			f.raw[1] = 0x80;
+			f.raw[half] = 0x7f;
+		} else if (k == 2) { /* r = 0 */
+			memset(f.raw, 0, half);
+			f.raw[half] = 0x80;
+		}
+		ck_assert_int_eq(issue_certificate(i, CODE48, fixed_sign, &f, &c), 0);
+		check_ecdsa_der(c, &f);
+		issued_free(c);
+	}
+	issuer_free(i);
+	ca_cert_free(ca);
+}
+END_TEST
+
 static Suite *issue_suite(void)
 {
 	Suite *s = suite_create("issue");
@@ -957,6 +1215,10 @@ static Suite *issue_suite(void)
 	tcase_add_loop_test(tc, check_key, 0, N_CAS);
 	tcase_add_test(tc, issuer_free_null);
 	tcase_add_loop_test(tc, issue_concurrently, 0, N_CAS);
+	tcase_add_loop_test(tc, issue_same_der_as_openssl, 0, N_CAS);
+	tcase_add_loop_test(tc, issue_times_after_2049, 0, N_CAS);
+	/* cas[0] to cas[2]: the EC CAs, one per curve (RSA signatures go in as they are). */
+	tcase_add_loop_test(tc, issue_ecdsa_signature_der, 0, 3);
 	suite_add_tcase(s, tc);
 	return s;
 }
