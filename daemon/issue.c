@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include <openssl/asn1.h>
-#include <openssl/core_names.h>
+#include <openssl/bn.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -22,6 +22,23 @@
 #define SIG_MAX 512         /* RSA-4096; an ECDSA-Sig-Value for P-521 is under 150 */
 #define P256_POINT_LEN 65   /* uncompressed point: 04 || x || y */
 #define KEY_ID_LEN 20       /* SHA-1, RFC 5280 section 4.2.1.2 method (1) */
+/* The TBS beyond the CA's name, the signature algorithm and the constant
+ * extensions: version 5, serial 18, validity at most 36, subject at most
+ * 13 + CODE_MAX_LEN, key 91, subjectKeyIdentifier 31, headers at most 12.
+ * The writer stops at the end of the buffer whatever this says. */
+#define TBS_ROOM (256 + CODE_MAX_LEN)
+
+/* DER identifier octets (X.690 8.1.2): universal tags, constructed ones with
+ * bit 6 set, and the TBS extensions' context-specific [3]. */
+#define DER_INTEGER 0x02
+#define DER_BIT_STRING 0x03
+#define DER_OCTET_STRING 0x04
+#define DER_UTF8STRING 0x0c
+#define DER_UTCTIME 0x17
+#define DER_GENERALIZEDTIME 0x18
+#define DER_SEQUENCE 0x30
+#define DER_SET 0x31
+#define DER_EXPLICIT_3 0xa3
 
 /* DER DigestInfo header for SHA-256: the token's CKM_RSA_PKCS pads what we
  * give it and nothing more, so the hash's identifier is ours to add. */
@@ -44,10 +61,15 @@ static const struct sig_profile profiles[] = {
 	{ "RSA-", NID_sha256WithRSAEncryption, "SHA256", 0 },
 };
 
+/* DER made once; OPENSSL_free()d. */
+struct blob {
+	uint8_t *data;
+	size_t len;
+};
+
 /* Everything here is written once by issuer_new() and only read afterwards,
- * which is what makes issue_certificate() safe from several threads: OpenSSL
- * copies the name and the extensions out by re-encoding them, and neither
- * carries state that encoding changes once encoded. */
+ * which is what makes issue_certificate() safe from several threads: the
+ * group is only ever passed as const, and the rest is plain bytes. */
 struct issuer {
 	const struct ca_cert *ca;
 	unsigned validity;
@@ -57,14 +79,121 @@ struct issuer {
 	EVP_MD *md;             /* the signature's hash */
 	EVP_MD *sha1;           /* subject key identifiers */
 	EVP_MD *sha256;         /* fingerprints */
-	X509_NAME *name;        /* the CA subject, its encoding kept byte for byte */
-	EVP_PKEY *p256;         /* P-256 domain parameters: subject keys are made from them */
-	X509_EXTENSION *basic_constraints;
-	X509_EXTENSION *key_usage;
-	X509_EXTENSION *authority_key_id;
-	uint8_t alg_der[32];    /* the Certificate's signatureAlgorithm, DER */
+	EC_GROUP *p256;         /* subject keys: its generator multiples are built in */
+	struct blob name;       /* the CA subject, byte for byte */
+	struct blob exts_head;  /* basicConstraints and keyUsage extensions */
+	struct blob aki;        /* authorityKeyIdentifier extension */
+	uint8_t alg_der[32];    /* the signature AlgorithmIdentifier, DER (TBS and Certificate) */
 	size_t alg_der_len;
 };
+
+/* A time as its DER value's tag and contents. */
+struct der_time {
+	uint8_t tag;            /* DER_UTCTIME or DER_GENERALIZEDTIME */
+	char text[16];          /* YYYYMMDDHHMMSSZ at most */
+	size_t len;
+};
+
+/* What differs from one certificate to the next: everything else in the TBS
+ * is in struct issuer, already encoded. */
+struct tbs_fields {
+	uint8_t serial[SERIAL_LEN];
+	struct der_time not_before;
+	struct der_time not_after;
+	const char *code;
+	size_t code_len;
+	uint8_t point[P256_POINT_LEN]; /* the subject key, public half only */
+	uint8_t key_id[KEY_ID_LEN];
+};
+
+/* ---- a DER writer ---- */
+
+/* Fills buf from its end towards its start: a constructed value's contents
+ * are written before its tag and length, so every length is measured from
+ * what was written, never worked out ahead.  Running out of room sets
+ * overflow and writes nothing more. */
+struct der {
+	uint8_t *buf;
+	size_t cap;
+	size_t off;             /* the output so far is buf[off, cap) */
+	bool overflow;
+};
+
+/* NOLINTNEXTLINE(readability-non-const-parameter): written through d */
+static void der_init(struct der *d, uint8_t *buf, size_t cap)
+{
+	*d = (struct der){ .buf = buf, .cap = cap, .off = cap };
+}
+
+/* Bytes written so far: where a value ends, for der_wrap(). */
+static size_t der_mark(const struct der *d)
+{
+	return d->cap - d->off;
+}
+
+static void der_put(struct der *d, const void *data, size_t len)
+{
+	if (len == 0)
+		return;
+	if (d->overflow || len > d->off) {
+		d->overflow = true;
+		return;
+	}
+	d->off -= len;
+	memcpy(d->buf + d->off, data, len);
+}
+
+static void der_put_byte(struct der *d, uint8_t b)
+{
+	der_put(d, &b, 1);
+}
+
+/* Makes everything written since mark the contents of one value: its length
+ * and tag go in front.  DER lengths (X.690 10.1, 8.1.3): short form below
+ * 128, else 0x80 | n and the length in the n bytes it needs. */
+static void der_wrap(struct der *d, uint8_t tag, size_t mark)
+{
+	size_t len = der_mark(d) - mark;
+
+	if (len < 0x80) {
+		der_put_byte(d, (uint8_t)len);
+	} else {
+		uint8_t n = 0;
+
+		for (; len > 0; len >>= 8, n++)
+			der_put_byte(d, (uint8_t)(len & 0xff));
+		der_put_byte(d, (uint8_t)(0x80 | n));
+	}
+	der_put_byte(d, tag);
+}
+
+/* Moves the output to the start of the buffer. */
+static int der_finish(struct der *d, size_t *ret_len)
+{
+	if (d->overflow)
+		return PS_E_CRYPTO;
+	memmove(d->buf, d->buf + d->off, der_mark(d));
+	*ret_len = der_mark(d);
+	return 0;
+}
+
+/* An unsigned big-endian number as a DER INTEGER (X.690 8.3): leading zero
+ * bytes dropped, one put back where the top bit would make it negative. */
+static void der_put_unsigned(struct der *d, const uint8_t *be, size_t len)
+{
+	size_t end = der_mark(d);
+
+	while (len > 1 && be[0] == 0) {
+		be++;
+		len--;
+	}
+	der_put(d, be, len);
+	if (len == 0 || (be[0] & 0x80))
+		der_put_byte(d, 0);
+	der_wrap(d, DER_INTEGER, end);
+}
+
+/* ---- the issuer: what every certificate shares ---- */
 
 static const struct sig_profile *profile_for(const char *algorithm)
 {
@@ -124,6 +253,32 @@ out:
 	return r;
 }
 
+/* Appends e's DER to b; takes e, which may be NULL (its maker ran out of memory). */
+static int blob_add_ext(struct blob *b, X509_EXTENSION *e)
+{
+	unsigned char *data, *p;
+	int len, r = PS_E_NOMEM;
+
+	if (!e)
+		goto out;
+	len = i2d_X509_EXTENSION(e, NULL);
+	r = PS_E_CRYPTO;
+	if (len <= 0)
+		goto out;
+	r = PS_E_NOMEM;
+	data = OPENSSL_realloc(b->data, b->len + (size_t)len);
+	if (!data)
+		goto out;
+	b->data = data;
+	p = data + b->len;
+	r = i2d_X509_EXTENSION(e, &p) == len ? 0 : PS_E_CRYPTO;
+	if (r == 0)
+		b->len += (size_t)len;
+out:
+	X509_EXTENSION_free(e);
+	return r;
+}
+
 /* The CA's own key id if it states one, else RFC 5280 method (1) over its key. */
 static int ca_key_id(const struct issuer *i, uint8_t *out, size_t *ret_len)
 {
@@ -159,15 +314,13 @@ static int issuer_make_aki(struct issuer *i)
 	akid->keyid = ASN1_OCTET_STRING_new();
 	if (!akid->keyid || !ASN1_OCTET_STRING_set(akid->keyid, id, (int)id_len))
 		goto out;
-	i->authority_key_id = X509V3_EXT_i2d(NID_authority_key_identifier, 0, akid);
-	if (!i->authority_key_id)
-		goto out;
-	r = 0;
+	r = blob_add_ext(&i->aki, X509V3_EXT_i2d(NID_authority_key_identifier, 0, akid));
 out:
 	AUTHORITY_KEYID_free(akid);
 	return r;
 }
 
+/* The extensions that never change, encoded by OpenSSL once. */
 static int issuer_make_extensions(struct issuer *i)
 {
 	BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
@@ -179,11 +332,11 @@ static int issuer_make_extensions(struct issuer *i)
 	bc->ca = 0;
 	if (!ASN1_BIT_STRING_set_bit(ku, 0, 1)) /* bit 0: digitalSignature */
 		goto out;
-	i->basic_constraints = X509V3_EXT_i2d(NID_basic_constraints, 1, bc);
-	i->key_usage = X509V3_EXT_i2d(NID_key_usage, 1, ku);
-	if (!i->basic_constraints || !i->key_usage)
-		goto out;
-	r = issuer_make_aki(i);
+	r = blob_add_ext(&i->exts_head, X509V3_EXT_i2d(NID_basic_constraints, 1, bc));
+	if (r >= 0)
+		r = blob_add_ext(&i->exts_head, X509V3_EXT_i2d(NID_key_usage, 1, ku));
+	if (r >= 0)
+		r = issuer_make_aki(i);
 out:
 	BASIC_CONSTRAINTS_free(bc);
 	ASN1_BIT_STRING_free(ku);
@@ -192,25 +345,24 @@ out:
 
 static int issuer_copy_name(struct issuer *i)
 {
-	/* A decoded name keeps its original bytes and re-emits them unchanged;
-	 * the copy is ours alone, so nothing can mark it modified later. */
-	i->name = X509_NAME_dup(X509_get_subject_name(i->ca->x509));
-	if (!i->name)
-		return PS_E_NOMEM;
-	return i2d_X509_NAME(i->name, NULL) > 0 ? 0 : PS_E_CRYPTO;
+	/* A decoded name keeps the bytes it was decoded from and re-emits them
+	 * unchanged: the CA's subject as it is, whatever its string types. */
+	unsigned char *der = NULL;
+	int len = i2d_X509_NAME(X509_get_subject_name(i->ca->x509), &der);
+
+	if (len <= 0)
+		return PS_E_CRYPTO;
+	i->name.data = der;
+	i->name.len = (size_t)len;
+	return 0;
 }
 
-/* Domain parameters made once: EVP_EC_gen() builds the group anew for
- * every key, which costs more than the key itself. */
-static int issuer_make_key_params(struct issuer *i)
+/* The group made once: making it costs more than a key, and OpenSSL's P-256
+ * code multiplies its generator from a table built into the library. */
+static int issuer_make_key_group(struct issuer *i)
 {
-	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
-	int ok = ctx && EVP_PKEY_paramgen_init(ctx) > 0 &&
-		 EVP_PKEY_CTX_set_group_name(ctx, "P-256") > 0 &&
-		 EVP_PKEY_paramgen(ctx, &i->p256) > 0;
-
-	EVP_PKEY_CTX_free(ctx);
-	return ok ? 0 : PS_E_CRYPTO;
+	i->p256 = EC_GROUP_new_by_curve_name_ex(NULL, NULL, NID_X9_62_prime256v1);
+	return i->p256 ? 0 : PS_E_CRYPTO;
 }
 
 int issuer_new(const struct ca_cert *ca, unsigned validity_seconds, struct issuer **ret)
@@ -233,7 +385,7 @@ int issuer_new(const struct ca_cert *ca, unsigned validity_seconds, struct issue
 	if (r >= 0)
 		r = issuer_make_extensions(i);
 	if (r >= 0)
-		r = issuer_make_key_params(i);
+		r = issuer_make_key_group(i);
 	if (r < 0)
 		goto out;
 	*ret = i;
@@ -252,13 +404,14 @@ void issuer_free(struct issuer *i)
 	EVP_MD_free(i->md);
 	EVP_MD_free(i->sha1);
 	EVP_MD_free(i->sha256);
-	X509_NAME_free(i->name);
-	EVP_PKEY_free(i->p256);
-	X509_EXTENSION_free(i->basic_constraints);
-	X509_EXTENSION_free(i->key_usage);
-	X509_EXTENSION_free(i->authority_key_id);
+	EC_GROUP_free(i->p256);
+	OPENSSL_free(i->name.data);
+	OPENSSL_free(i->exts_head.data);
+	OPENSSL_free(i->aki.data);
 	free(i);
 }
+
+/* ---- signing ---- */
 
 /* What sign() receives for data: its hash, and for RSA the DigestInfo
  * around it.  *ret_md_off says where the bare hash starts. */
@@ -277,32 +430,16 @@ static int make_sign_input(const struct issuer *i, const uint8_t *data, size_t l
 	return 0;
 }
 
-/* r || s (each half_len bytes) as a DER ECDSA-Sig-Value. */
-static int ecdsa_raw_to_der(const uint8_t *raw, size_t len, uint8_t *out, size_t cap,
-			    size_t *ret_len)
+/* r || s (each half of len) as a DER ECDSA-Sig-Value: SEQUENCE { r, s }. */
+static int ecdsa_raw_to_der(const uint8_t *raw, size_t len, uint8_t out[SIG_MAX], size_t *ret_len)
 {
-	ECDSA_SIG *sig = ECDSA_SIG_new();
-	BIGNUM *r = BN_bin2bn(raw, (int)(len / 2), NULL);
-	BIGNUM *s = BN_bin2bn(raw + len / 2, (int)(len / 2), NULL);
-	unsigned char *p = out;
-	int der_len, ret = PS_E_NOMEM;
+	struct der d;
 
-	if (!sig || !r || !s)
-		goto out;
-	ECDSA_SIG_set0(sig, r, s);
-	r = s = NULL;
-	der_len = i2d_ECDSA_SIG(sig, NULL);
-	if (der_len <= 0 || (size_t)der_len > cap) {
-		ret = PS_E_CRYPTO;
-		goto out;
-	}
-	*ret_len = (size_t)i2d_ECDSA_SIG(sig, &p);
-	ret = 0;
-out:
-	BN_free(r);
-	BN_free(s);
-	ECDSA_SIG_free(sig);
-	return ret;
+	der_init(&d, out, SIG_MAX);
+	der_put_unsigned(&d, raw + len / 2, len / 2);
+	der_put_unsigned(&d, raw, len / 2);
+	der_wrap(&d, DER_SEQUENCE, 0);
+	return der_finish(&d, ret_len);
 }
 
 /* sign() over in; a positive return is not in its contract and counts as a failure. */
@@ -319,7 +456,7 @@ static int x509_signature(const struct issuer *i, const uint8_t *raw, size_t raw
 			  uint8_t out[SIG_MAX], size_t *ret_len)
 {
 	if (!i->rsa)
-		return ecdsa_raw_to_der(raw, raw_len, out, SIG_MAX, ret_len);
+		return ecdsa_raw_to_der(raw, raw_len, out, ret_len);
 	memcpy(out, raw, raw_len);
 	*ret_len = raw_len;
 	return 0;
@@ -345,111 +482,222 @@ static int sign_data(const struct issuer *i, const uint8_t *data, size_t len, is
 	return x509_signature(i, raw, raw_len, out, ret_len);
 }
 
-static int set_serial(X509 *x, uint8_t serial[SERIAL_LEN])
+/* ---- what each certificate has of its own ---- */
+
+static int make_serial(uint8_t serial[SERIAL_LEN])
 {
 	if (RAND_bytes(serial, SERIAL_LEN) != 1)
 		return PS_E_CRYPTO;
 	/* Clear the sign bit (positive) and set the next one, so the DER
 	 * INTEGER is always exactly 16 bytes: no leading zero to strip or add. */
 	serial[0] = (uint8_t)((serial[0] & 0x7f) | 0x40);
-	return ASN1_STRING_set(X509_get_serialNumber(x), serial, SERIAL_LEN) ? 0 : PS_E_NOMEM;
-}
-
-static int set_names_and_validity(const struct issuer *i, X509 *x, const char *code, time_t now)
-{
-	if (!X509_set_version(x, X509_VERSION_3) || !X509_set_issuer_name(x, i->name))
-		return PS_E_NOMEM;
-	/* UTF8String: the RFC 5280 choice; a code is plain ASCII anyway. */
-	if (!X509_NAME_add_entry_by_NID(X509_get_subject_name(x), NID_commonName, V_ASN1_UTF8STRING,
-					(const unsigned char *)code, -1, -1, 0))
-		return PS_E_NOMEM;
-	if (!ASN1_TIME_set(X509_getm_notBefore(x), now - ISSUE_BACKDATE) ||
-	    !ASN1_TIME_set(X509_getm_notAfter(x), now + (time_t)i->validity))
-		return PS_E_CRYPTO;
 	return 0;
 }
 
-/* A fresh P-256 key: only its public point goes into the certificate. */
-static int set_subject_key(const struct issuer *i, X509 *x, uint8_t key_id[KEY_ID_LEN])
+/* n (not negative) as exactly width decimal digits. */
+static char *put_digits(char *p, int n, int width)
 {
-	EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, i->p256, NULL);
-	EVP_PKEY *key = NULL;
-	unsigned char *point = OPENSSL_malloc(P256_POINT_LEN);
-	size_t len = 0;
-	int ok;
+	for (int k = width - 1; k >= 0; k--, n /= 10)
+		p[k] = (char)('0' + n % 10);
+	return p + width;
+}
 
-	ok = ctx && EVP_PKEY_keygen_init(ctx) > 0 && EVP_PKEY_keygen(ctx, &key) > 0;
-	EVP_PKEY_CTX_free(ctx);
-	ok = ok && key && point &&
-	     EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
-					     P256_POINT_LEN, &len) &&
-	     len == P256_POINT_LEN;
-	/* The private half is destroyed here; nothing ever signs with it.  The
-	 * point is set as bytes so the certificate holds no reference to the key. */
-	EVP_PKEY_free(key);
-	if (ok)
-		ok = EVP_Digest(point, len, key_id, NULL, i->sha1, NULL) &&
-		     X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), OBJ_nid2obj(NID_X9_62_id_ecPublicKey),
-					    V_ASN1_OBJECT, OBJ_nid2obj(NID_X9_62_prime256v1), point,
-					    (int)len);
-	if (!ok) {
-		OPENSSL_free(point);
+/* RFC 5280 4.1.2.5: UTCTime for 1950 to 2049, GeneralizedTime otherwise,
+ * both in UTC, with seconds and a Z (the choice ASN1_TIME_set() makes).
+ * Written by hand: snprintf() costs more than all the rest of the TBS. */
+static int format_time(time_t t, struct der_time *out)
+{
+	struct tm tm;
+	char *p = out->text;
+
+	if (!gmtime_r(&t, &tm))
+		return PS_E_CRYPTO;
+	if (tm.tm_year >= 50 && tm.tm_year < 150) {
+		out->tag = DER_UTCTIME;
+		p = put_digits(p, tm.tm_year % 100, 2);
+	} else if (tm.tm_year >= -1900 && tm.tm_year <= 9999 - 1900) {
+		out->tag = DER_GENERALIZEDTIME;
+		p = put_digits(p, tm.tm_year + 1900, 4);
+	} else {
 		return PS_E_CRYPTO;
 	}
+	p = put_digits(p, tm.tm_mon + 1, 2);
+	p = put_digits(p, tm.tm_mday, 2);
+	p = put_digits(p, tm.tm_hour, 2);
+	p = put_digits(p, tm.tm_min, 2);
+	p = put_digits(p, tm.tm_sec, 2);
+	*p++ = 'Z';
+	out->len = (size_t)(p - out->text);
 	return 0;
 }
 
-static int add_extensions(const struct issuer *i, X509 *x, const uint8_t key_id[KEY_ID_LEN])
+/* A fresh P-256 key, as key generation makes one (a random scalar in
+ * [1, n-1] times the generator) without an EVP_PKEY around it: only the
+ * public point is kept, the scalar is wiped and freed here. */
+static int make_subject_point(const struct issuer *i, uint8_t point[P256_POINT_LEN])
 {
-	ASN1_OCTET_STRING *ski = ASN1_OCTET_STRING_new();
+	BN_CTX *ctx = BN_CTX_secure_new();
+	BIGNUM *k = BN_secure_new();
+	EC_POINT *pub = EC_POINT_new(i->p256);
 	int r = PS_E_NOMEM;
 
-	if (!ski || !ASN1_OCTET_STRING_set(ski, key_id, KEY_ID_LEN))
+	if (!ctx || !k || !pub)
 		goto out;
-	if (!X509_add_ext(x, i->basic_constraints, -1) || !X509_add_ext(x, i->key_usage, -1) ||
-	    !X509_add1_ext_i2d(x, NID_subject_key_identifier, ski, 0, X509V3_ADD_APPEND) ||
-	    !X509_add_ext(x, i->authority_key_id, -1))
-		goto out;
-	r = 0;
+	r = PS_E_CRYPTO;
+	do {
+		if (!BN_priv_rand_range_ex(k, EC_GROUP_get0_order(i->p256), 0, ctx))
+			goto out;
+	} while (BN_is_zero(k));
+	if (EC_POINT_mul(i->p256, pub, k, NULL, NULL, ctx) &&
+	    EC_POINT_point2oct(i->p256, pub, POINT_CONVERSION_UNCOMPRESSED, point, P256_POINT_LEN,
+			       ctx) == P256_POINT_LEN)
+		r = 0;
 out:
-	ASN1_OCTET_STRING_free(ski);
+	BN_clear_free(k);
+	EC_POINT_free(pub);
+	BN_CTX_free(ctx);
 	return r;
 }
 
-/* The to-be-signed certificate, encoded into *ret_tbs (OPENSSL_free it). */
-static int build_tbs(const struct issuer *i, const char *code, time_t now,
-		     uint8_t serial[SERIAL_LEN], uint8_t **ret_tbs, size_t *ret_len)
+static int make_fields(const struct issuer *i, const char *code, size_t code_len, time_t now,
+		       struct tbs_fields *f)
 {
-	uint8_t key_id[KEY_ID_LEN];
-	X509 *x = X509_new();
-	unsigned char *tbs = NULL;
-	int r = PS_E_NOMEM, len;
+	int r;
 
-	if (!x)
-		goto out;
-	r = set_serial(x, serial);
+	f->code = code;
+	f->code_len = code_len;
+	r = make_serial(f->serial);
 	if (r >= 0)
-		r = set_names_and_validity(i, x, code, now);
+		r = format_time(now - ISSUE_BACKDATE, &f->not_before);
 	if (r >= 0)
-		r = set_subject_key(i, x, key_id);
+		r = format_time(now + (time_t)i->validity, &f->not_after);
 	if (r >= 0)
-		r = add_extensions(i, x, key_id);
-	/* OpenSSL 3.0 has no setter for the TBS signature algorithm; the getter
-	 * hands out the certificate's own member, so it is set in place. */
-	if (r >= 0)
-		r = algor_set(i, (X509_ALGOR *)X509_get0_tbs_sigalg(x));
-	if (r < 0)
-		goto out;
-	len = i2d_re_X509_tbs(x, &tbs);
-	if (len <= 0) {
+		r = make_subject_point(i, f->point);
+	if (r >= 0 && !EVP_Digest(f->point, P256_POINT_LEN, f->key_id, NULL, i->sha1, NULL))
 		r = PS_E_CRYPTO;
-		goto out;
-	}
-	*ret_tbs = tbs;
-	*ret_len = (size_t)len;
-out:
-	X509_free(x);
 	return r;
+}
+
+/* ---- the TBS, written back to front (see struct der) ---- */
+
+static void put_time(struct der *d, const struct der_time *t)
+{
+	size_t end = der_mark(d);
+
+	der_put(d, t->text, t->len);
+	der_wrap(d, t->tag, end);
+}
+
+/* Validity ::= SEQUENCE { notBefore, notAfter } */
+static void put_validity(struct der *d, const struct tbs_fields *f)
+{
+	size_t end = der_mark(d);
+
+	put_time(d, &f->not_after);
+	put_time(d, &f->not_before);
+	der_wrap(d, DER_SEQUENCE, end);
+}
+
+/* Name: SEQUENCE { SET { SEQUENCE { id-at-commonName, UTF8String code } } }.
+ * UTF8String: the RFC 5280 choice; a code is plain ASCII anyway. */
+static void put_subject(struct der *d, const struct tbs_fields *f)
+{
+	static const uint8_t cn_oid[] = { 0x06, 0x03, 0x55, 0x04, 0x03 }; /* 2.5.4.3 */
+	size_t end = der_mark(d);
+
+	der_put(d, f->code, f->code_len);
+	der_wrap(d, DER_UTF8STRING, end);
+	der_put(d, cn_oid, sizeof(cn_oid));
+	der_wrap(d, DER_SEQUENCE, end);
+	der_wrap(d, DER_SET, end);
+	der_wrap(d, DER_SEQUENCE, end);
+}
+
+/* SubjectPublicKeyInfo (RFC 5480): SEQUENCE { SEQUENCE { id-ecPublicKey
+ * 1.2.840.10045.2.1, namedCurve prime256v1 1.2.840.10045.3.1.7 },
+ * BIT STRING point }. */
+static void put_subject_key(struct der *d, const struct tbs_fields *f)
+{
+	static const uint8_t alg[] = {
+		0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+		0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+	};
+	size_t end = der_mark(d);
+
+	der_put(d, f->point, P256_POINT_LEN);
+	der_put_byte(d, 0); /* no unused bits */
+	der_wrap(d, DER_BIT_STRING, end);
+	der_put(d, alg, sizeof(alg));
+	der_wrap(d, DER_SEQUENCE, end);
+}
+
+/* Extension { id-ce-subjectKeyIdentifier 2.5.29.14, not critical (DEFAULT
+ * FALSE: absent), OCTET STRING holding the KeyIdentifier OCTET STRING }. */
+static void put_subject_key_id(struct der *d, const struct tbs_fields *f)
+{
+	static const uint8_t ski_oid[] = { 0x06, 0x03, 0x55, 0x1d, 0x0e };
+	size_t end = der_mark(d);
+
+	der_put(d, f->key_id, KEY_ID_LEN);
+	der_wrap(d, DER_OCTET_STRING, end);
+	der_wrap(d, DER_OCTET_STRING, end);
+	der_put(d, ski_oid, sizeof(ski_oid));
+	der_wrap(d, DER_SEQUENCE, end);
+}
+
+/* [3] EXPLICIT Extensions: basicConstraints, keyUsage, subjectKeyIdentifier,
+ * authorityKeyIdentifier, in the order the profile has always had. */
+static void put_extensions(struct der *d, const struct issuer *i, const struct tbs_fields *f)
+{
+	size_t end = der_mark(d);
+
+	der_put(d, i->aki.data, i->aki.len);
+	put_subject_key_id(d, f);
+	der_put(d, i->exts_head.data, i->exts_head.len);
+	der_wrap(d, DER_SEQUENCE, end);
+	der_wrap(d, DER_EXPLICIT_3, end);
+}
+
+/* TBSCertificate ::= SEQUENCE { [0] EXPLICIT version v3, serialNumber,
+ * signature, issuer, validity, subject, subjectPublicKeyInfo, [3] extensions } */
+static void put_tbs(struct der *d, const struct issuer *i, const struct tbs_fields *f)
+{
+	static const uint8_t version[] = { 0xa0, 0x03, 0x02, 0x01, 0x02 }; /* INTEGER 2: v3 */
+	size_t end = der_mark(d), serial;
+
+	put_extensions(d, i, f);
+	put_subject_key(d, f);
+	put_subject(d, f);
+	put_validity(d, f);
+	der_put(d, i->name.data, i->name.len);
+	der_put(d, i->alg_der, i->alg_der_len);
+	serial = der_mark(d);
+	der_put(d, f->serial, SERIAL_LEN);
+	der_wrap(d, DER_INTEGER, serial);
+	der_put(d, version, sizeof(version));
+	der_wrap(d, DER_SEQUENCE, end);
+}
+
+/* The to-be-signed certificate, encoded into *ret_tbs (free() it). */
+static int build_tbs(const struct issuer *i, const struct tbs_fields *f, uint8_t **ret_tbs,
+		     size_t *ret_len)
+{
+	size_t cap = i->alg_der_len + i->name.len + i->exts_head.len + i->aki.len + TBS_ROOM;
+	uint8_t *buf = malloc(cap);
+	struct der d;
+	int r;
+
+	if (!buf)
+		return PS_E_NOMEM;
+	der_init(&d, buf, cap);
+	put_tbs(&d, i, f);
+	r = der_finish(&d, ret_len);
+	if (r < 0) {
+		free(buf);
+		return r;
+	}
+	*ret_tbs = buf;
+	return 0;
 }
 
 /* Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue } */
@@ -523,19 +771,24 @@ static int finish_issued(const struct issuer *i, const uint8_t serial[SERIAL_LEN
 int issue_certificate(const struct issuer *i, const char *code, issue_sign_fn sign,
 		      void *sign_ctx, struct issued **ret)
 {
-	uint8_t serial[SERIAL_LEN], sig[SIG_MAX];
+	struct tbs_fields f;
+	uint8_t sig[SIG_MAX];
 	uint8_t *tbs = NULL;
 	size_t tbs_len = 0, sig_len = 0;
 	struct issued *c = NULL;
+	size_t code_len = code ? strnlen(code, CODE_MAX_LEN + 1) : 0;
 	time_t now = time(NULL);
 	int r;
 
-	r = code_validate(code, code ? strnlen(code, CODE_MAX_LEN + 1) : 0);
+	r = code_validate(code, code_len);
 	if (r < 0)
 		return r;
-	if (!i || !sign)
+	/* code_validate() refuses NULL already; said again for the analyzer. */
+	if (!i || !sign || !code)
 		return PS_E_INTERNAL;
-	r = build_tbs(i, code, now, serial, &tbs, &tbs_len);
+	r = make_fields(i, code, code_len, now, &f);
+	if (r >= 0)
+		r = build_tbs(i, &f, &tbs, &tbs_len);
 	if (r >= 0)
 		r = sign_data(i, tbs, tbs_len, sign, sign_ctx, sig, &sig_len);
 	if (r < 0)
@@ -543,7 +796,7 @@ int issue_certificate(const struct issuer *i, const char *code, issue_sign_fn si
 	c = calloc(1, sizeof(*c));
 	r = c ? assemble_der(i, tbs, tbs_len, sig, sig_len, c) : PS_E_NOMEM;
 	if (r >= 0)
-		r = finish_issued(i, serial, now, c);
+		r = finish_issued(i, f.serial, now, c);
 	if (r < 0)
 		goto out;
 	*ret = c;
@@ -551,7 +804,7 @@ int issue_certificate(const struct issuer *i, const char *code, issue_sign_fn si
 out:
 	if (r < 0)
 		ERR_clear_error();
-	OPENSSL_free(tbs);
+	free(tbs);
 	issued_free(c);
 	return r;
 }
