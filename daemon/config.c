@@ -970,10 +970,13 @@ static int defaults_apply(struct parser *p)
 		c->n_listen = 1;
 	}
 	if (c->workers == 0) {
+		/* Twice the CPUs: while a worker hands its certificate back and
+		 * waits for the next request, another keeps the CPU signing, and
+		 * more certificates in flight share each audit commit. */
 		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 
-		c->workers = cpus < 1 ? 1 : cpus > CONFIG_WORKERS_MAX ? CONFIG_WORKERS_MAX
-								   : (unsigned)cpus;
+		c->workers = cpus < 1 ? 2 : cpus > CONFIG_WORKERS_MAX / 2 ? CONFIG_WORKERS_MAX
+									 : 2 * (unsigned)cpus;
 	}
 	if (c->validity == 0)
 		c->validity = CONFIG_VALIDITY_DEFAULT;

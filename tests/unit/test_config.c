@@ -363,7 +363,8 @@ START_TEST(defaults)
 	struct config *c = load_ok(KEY_K);
 	const struct sockaddr_in *sin = (const struct sockaddr_in *)&c->listen[0].addr;
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned want = cpus < 1 ? 1 : cpus > CONFIG_WORKERS_MAX ? CONFIG_WORKERS_MAX : (unsigned)cpus;
+	unsigned want = cpus < 1 ? 2 : cpus > CONFIG_WORKERS_MAX / 2 ? CONFIG_WORKERS_MAX
+								 : 2 * (unsigned)cpus;
 
 	ck_assert_uint_eq(c->n_listen, 1);
 	ck_assert_str_eq(c->listen[0].text, CONFIG_DEFAULT_LISTEN);
