@@ -18,19 +18,19 @@ CATEGORIES = [
     ("other token calls (sessions, find, attributes, health checks)",
      ["C_OpenSession", "C_FindObjectsInit", "C_FindObjects", "C_GetAttributeValue",
       "C_GetSessionInfo", "C_GetTokenInfo", "C_GetSlotList"]),
-    ("ephemeral key: P-256 group set-up (EC_GROUP_new_by_curve_name)",
-     ["EC_GROUP_new_by_curve_name_ex", "EC_GROUP_new_from_params"]),
-    ("ephemeral key: the rest (scalar multiplication, RNG, fetch)",
-     ["set_subject_key", "EVP_PKEY_Q_keygen", "EVP_EC_gen"]),
-    ("TBS certificate: names, serial, extensions, DER", ["build_tbs"]),
+    ("subject key: random scalar, point multiplication",
+     ["make_subject_point", "set_subject_key", "EVP_PKEY_Q_keygen", "EVP_EC_gen"]),
+    ("TBS certificate: serial, times, names, extensions, DER",
+     ["make_fields", "build_tbs", "put_tbs", "make_serial"]),
     ("hash for the signature, ECDSA DER, assembly, PEM, fingerprint", ["issue_certificate"]),
-    ("audit: write + fdatasync of the record batch", ["commit", "fdatasync", "__GI_fdatasync"]),
-    ("audit: formatting, hand-off to the writer, waiting",
-     ["audit_write", "audit_record", "writer_main", "format_line"]),
-    ("privilege separation: socketpair messages and hand-offs",
-     ["signer_issue", "signer_msg_send", "signer_msg_recv", "serve", "serve_answers", "deliver",
-      "do_job", "worker", "supervise", "signer_encode_issued", "signer_decode_issued",
-      "parse_issue", "enqueue", "signer_main"]),
+    ("audit: write + fdatasync of the record batch",
+     ["commit", "sync_data", "fdatasync", "__GI_fdatasync"]),
+    ("audit: formatting, waiting for the batch",
+     ["audit_write", "audit_announce", "format_line", "lead", "gather"]),
+    ("privilege separation: messages, waiting for a channel and the answer",
+     ["signer_issue", "issue_on", "await_answer", "take_channel_locked", "give_back_locked",
+      "signer_msg_send", "signer_msg_recv", "signer_encode_issued", "signer_decode_issued",
+      "worker_main", "answer_issue", "issue_one", "supervise", "serve_answers"]),
     ("HTTP handler: auth, JSON in and out, response, log line",
      ["handle_sign", "handle_request", "on_request", "on_completed", "respond_issued"]),
 ]
@@ -51,20 +51,24 @@ LEAVES = [
 
 
 def samples(stream):
-    """Yields the list of symbols of each sample, innermost first."""
+    """Yields the list of symbols of each sample, innermost first.
+
+    A sample starts with a line holding the thread id (perf 6.1 right-aligns
+    it, so it may start with spaces) and goes on with one line per frame,
+    "ADDRESS SYMBOL", indented; a blank line ends it."""
     stack = None
     for line in stream:
-        if not line.strip():
+        fields = line.split(None, 1)
+        if not fields:
             if stack is not None:
                 yield stack
             stack = None
-            continue
-        if not line[0].isspace():
+        elif len(fields) == 1 and fields[0].isdigit():
+            if stack is not None:
+                yield stack
             stack = []
-            continue
-        parts = line.split(None, 1)
-        if stack is not None and len(parts) == 2:
-            stack.append(parts[1].strip().replace(" (inlined)", ""))
+        elif stack is not None and len(fields) == 2:
+            stack.append(fields[1].strip().replace(" (inlined)", ""))
     if stack is not None:
         yield stack
 
