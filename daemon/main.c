@@ -20,7 +20,6 @@
 #include "http.h"
 #include "log.h"
 #include "signer.h"
-#include "signer_main.h"
 #include "text.h"
 #include "util.h"
 #include "audit.h"
@@ -261,12 +260,6 @@ int main(int argc, char **argv)
 	int r;
 
 	log_init("popsignd");
-	/* The signer process: "popsignd --signer FD -c CONFIG", started by
-	 * signer_start() below, never by hand. */
-	if (argc == 5 && strcmp(argv[1], "--signer") == 0 && strcmp(argv[3], "-c") == 0) {
-		log_init("popsignd-signer");
-		return signer_main(argv[4], strcmp(argv[2], "3") == 0 ? 3 : -1);
-	}
 	r = parse_args(argc, argv, &opts);
 	if (r != 0)
 		return r > 0 ? 0 : 2;

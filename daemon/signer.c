@@ -20,7 +20,10 @@
 #include "signer_proto.h"
 #include "util.h"
 
+#include "build-config.h"
+
 #define SIGNER_FD 3                 /* the socket's number in the signer */
+#define SIGNER_EXE_NAME "popsignd-signer"
 #define PING_INTERVAL_MS 1000
 #define STATES_MAX 64               /* distinct key state texts kept */
 
@@ -62,6 +65,7 @@ enum served { SERVED_STOP, SERVED_GONE, SERVED_HUNG };
 
 struct signer {
 	char *config_path;
+	char *exe;                      /* popsignd-signer */
 	pthread_mutex_t lock;
 	int fd;                         /* -1 while the signer is down */
 	pid_t pid;
@@ -94,9 +98,38 @@ static long long now_ms(void)
 
 /* ---- the signer process ------------------------------------------------- */
 
-/* fork() and exec() ourselves as "popsignd --signer 3 -c PATH".  Between the
- * two only async-signal-safe calls: this process has threads. */
-static int spawn(const char *config_path, int *ret_fd, pid_t *ret_pid)
+/* Where popsignd-signer is, tried in this order: beside this executable (the
+ * build tree), where the install puts it relative to popsignd (sbindir to
+ * libexecdir: a DESTDIR install runs as well), and its installed path.
+ * Returns 0 and *ret (free it), or PS_E_IO if none is executable. */
+static int locate_signer(char **ret)
+{
+	const char *const beside[] = { SIGNER_EXE_NAME, POPSIGND_SIGNER_RELPATH };
+	char exe[PATH_MAX], path[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	char *slash = NULL;
+
+	if (n > 0) {
+		exe[n] = '\0';
+		slash = strrchr(exe, '/');
+	}
+	for (size_t k = 0; slash && k < ELEMENTSOF(beside); k++) {
+		int len = snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - exe), exe, beside[k]);
+
+		if (beside[k][0] && len > 0 && (size_t)len < sizeof(path) && access(path, X_OK) == 0) {
+			*ret = strdup(path);
+			return *ret ? 0 : PS_E_NOMEM;
+		}
+	}
+	if (access(POPSIGND_SIGNER_PATH, X_OK) < 0)
+		return PS_E_IO;
+	*ret = strdup(POPSIGND_SIGNER_PATH);
+	return *ret ? 0 : PS_E_NOMEM;
+}
+
+/* fork() and exec() "popsignd-signer --signer 3 -c PATH".  Between the two
+ * only async-signal-safe calls: this process has threads. */
+static int spawn(const char *exe, const char *config_path, int *ret_fd, pid_t *ret_pid)
 {
 	int sv[2];
 	pid_t pid;
@@ -110,13 +143,13 @@ static int spawn(const char *config_path, int *ret_fd, pid_t *ret_pid)
 		return PS_E_IO;
 	}
 	if (pid == 0) {
-		char *argv[] = {"popsignd", "--signer", "3", "-c", (char *)config_path, NULL};
+		char *argv[] = {SIGNER_EXE_NAME, "--signer", "3", "-c", (char *)config_path, NULL};
 
 		if (sv[1] == SIGNER_FD)
 			(void)fcntl(SIGNER_FD, F_SETFD, 0);
 		else if (dup2(sv[1], SIGNER_FD) < 0)
 			_exit(127);
-		execv("/proc/self/exe", argv);
+		execv(exe, argv);
 		_exit(127);
 	}
 	close(sv[1]);
@@ -338,7 +371,7 @@ static int start_process(struct signer *s, int timeout_ms, int *ret_fd, pid_t *r
 	int fd = -1, r;
 	pid_t pid = 0;
 
-	r = spawn(s->config_path, &fd, &pid);
+	r = spawn(s->exe, s->config_path, &fd, &pid);
 	if (r == 0)
 		r = recv_with_timeout(fd, s->wake[0], &m, timeout_ms, NULL);
 	if (r == 0 && m.h.type != SIGNER_MSG_HELLO)
@@ -679,6 +712,12 @@ int signer_start(const struct config *cfg, struct signer **ret)
 					     : SIGNER_REQUEST_TIMEOUT_MS;
 	s->config_path = strdup(cfg->path);
 	r = s->config_path && pipe2(s->wake, O_CLOEXEC) == 0 ? 0 : PS_E_IO;
+	if (r == 0) {
+		r = locate_signer(&s->exe);
+		if (r == PS_E_IO)
+			log_error("cannot find %s beside popsignd or at %s", SIGNER_EXE_NAME,
+				  POPSIGND_SIGNER_PATH);
+	}
 	if (r == 0)
 		r = start_process(s, SIGNER_START_TIMEOUT_MS, &fd, &pid, &pool);
 	if (r == 0) {
@@ -1028,6 +1067,7 @@ void signer_free(struct signer *s)
 	for (size_t i = 0; i < s->n_states; i++)
 		free(s->states[i]);
 	free(s->config_path);
+	free(s->exe);
 	pthread_cond_destroy(&s->chan_back);
 	pthread_mutex_destroy(&s->lock);
 	free(s);

@@ -2,8 +2,8 @@
  * make the one narrow call "issue a verification certificate for key K and
  * code C".
  *
- * The signer is popsignd itself, re-executed as a separate process that alone
- * loads PKCS#11 modules, reads PINs and holds token sessions.  The two talk
+ * The signer is a separate executable, popsignd-signer, run as a process
+ * that alone loads PKCS#11 modules, reads PINs and holds token sessions.  The two talk
  * with the messages of signer_proto.h: a control socket for HELLO and the
  * pings, and one channel (socketpair) per signer worker for requests.  A
  * request takes a free channel (waiting while all are busy), sends ISSUE and

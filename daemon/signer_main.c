@@ -407,8 +407,6 @@ static void harden(void)
 	(void)setrlimit(RLIMIT_CORE, &none);
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	(void)prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-	/* Started through /proc/self/exe, it would otherwise be called "exe". */
-	(void)prctl(PR_SET_NAME, "popsignd-signer", 0, 0, 0);
 }
 
 /* Stops the workers and the monitor.  A thread hung in a module never

@@ -1,6 +1,6 @@
 /* The signer process: the only process that loads PKCS#11 modules, reads
- * PINs and holds token sessions.  popsignd re-executes itself as
- * "popsignd --signer FD -c CONFIG" to start it. */
+ * PINs and holds token sessions.  popsignd starts it as
+ * "popsignd-signer --signer 3 -c CONFIG" (signer_exe.c). */
 #ifndef POPSIGN_SIGNER_MAIN_H
 #define POPSIGN_SIGNER_MAIN_H
 

@@ -47,7 +47,8 @@ def options():
         return os.path.join(prefix, opts[name])  # an absolute value stays as it is
 
     return {'prefix': prefix, 'bindir': under('bindir'), 'sbindir': under('sbindir'),
-            'mandir': under('mandir'), 'sysconfdir': under('sysconfdir')}
+            'libexecdir': under('libexecdir'), 'mandir': under('mandir'),
+            'sysconfdir': under('sysconfdir')}
 
 
 def systemd_dirs(prefix):
@@ -77,6 +78,7 @@ def expected_files(o, s):
     return [
         (os.path.join(o['bindir'], 'popsign'), (0o755,)),
         (os.path.join(o['sbindir'], 'popsignd'), (0o755,)),
+        (os.path.join(o['libexecdir'], 'popsign', 'popsignd-signer'), (0o755,)),
         (os.path.join(o['mandir'], 'man1', 'popsign.1'), (0o644,)),
         (os.path.join(o['mandir'], 'man5', 'popsignd.conf.5'), (0o644,)),
         (os.path.join(o['mandir'], 'man8', 'popsignd.8'), (0o644,)),

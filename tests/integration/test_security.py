@@ -165,6 +165,13 @@ class PrivilegeSeparationTest(SecurityBase):
             signer_maps = f.read()
         self.assertIn('libsofthsm2', signer_maps, 'the signer must hold the module')
         self.assertNotIn('libsofthsm2', front_maps)
+        # The signer is an executable of its own, without the HTTP server and
+        # the TLS library that comes with it.
+        with open('/proc/%d/comm' % signer) as f:
+            self.assertEqual(f.read().strip(), 'popsignd-signer')
+        self.assertIn('libmicrohttpd', front_maps)
+        for lib in ('libmicrohttpd', 'libgnutls', 'libjansson'):
+            self.assertNotIn(lib, signer_maps, 'the signer maps %s' % lib)
         # The scan finds the PIN where it is (the signer keeps it for logins),
         # so not finding it in the front end means something.
         self.assertTrue(memory_contains(signer, PIN.encode()))

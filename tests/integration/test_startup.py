@@ -1,10 +1,12 @@
 """popsignd start-up: what it refuses (exit 1, a clear message on stderr),
-`popsignd -t` on good and bad configs, certificates held by the token, and
-a wrong PIN that is never retried.
+`popsignd -t` on good and bad configs, certificates held by the token, a
+wrong PIN that is never retried, and the signer executable it needs.
 """
 
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 import unittest
@@ -227,6 +229,31 @@ class CheckModeTest(StartupChecks):
         self.assertEqual(rc, 0, err)
         self.assertNotIn('listening on', err)
         self.assertLess(took, 10, err)
+
+
+class SignerExecutableTest(StartupChecks):
+    INSTALLED = '/usr/local/libexec/popsign/popsignd-signer'
+
+    def test_missing_signer_refused_with_its_name(self):
+        if os.path.exists(self.INSTALLED):
+            self.skipTest('an installed popsignd-signer would be found at %s' % self.INSTALLED)
+        alone = token.path('alone')
+        os.makedirs(alone, exist_ok=True)
+        daemon = shutil.copy(h.popsignd_path(), alone)
+        conf = config('alone.conf', [good_key()])
+        r = subprocess.run([daemon, '-t', '-c', conf], env=token.env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        err = r.stderr.decode('utf-8', 'replace')
+        self.assertEqual(r.returncode, 1, err)
+        self.assertIn('cannot find popsignd-signer beside popsignd or at', err)
+
+    def test_signer_refuses_to_run_by_hand(self):
+        signer = os.path.join(os.path.dirname(h.popsignd_path()), 'popsignd-signer')
+        for args in ([], ['-c', 'x.conf'], ['--signer', '4', '-c', 'x.conf']):
+            r = subprocess.run([signer] + args, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn(b'started by popsignd only', r.stderr)
 
 
 class ListenTest(StartupChecks):

@@ -30,6 +30,7 @@ static atomic_uint syncs;
 
 /* Counts commits: this definition takes the place of the C library's for
  * the audit code linked into this program. */
+/* NOLINTNEXTLINE(readability-inconsistent-declaration-parameter-name): glibc's name is reserved */
 int fdatasync(int fd)
 {
 	atomic_fetch_add(&syncs, 1);

@@ -189,6 +189,7 @@ START_TEST(json_string_escapes)
 		{ "\n\r\t\b\f", "\"\\n\\r\\t\\b\\f\"" },
 		{ "\x01\x1f\x7f", "\"\\u0001\\u001F\\u007F\"" },
 		{ "caf\xc3\xa9", "\"caf\\u00E9\"" },
+		/* NOLINTNEXTLINE(misc-misleading-bidirectional): the escape is the point */
 		{ "\xe2\x80\xae", "\"\\u202E\"" },             /* right-to-left override */
 		{ "\xef\xbf\xbf", "\"\\uFFFF\"" },
 		{ "\xf0\x9f\x98\x80", "\"\\uD83D\\uDE00\"" },  /* U+1F600: a pair */
