@@ -80,7 +80,7 @@ build_all() {
 	ninja -C "$build" tests/bench/p11speed >&2 || die "p11speed does not build"
 	P11SPEED=$build/tests/bench/p11speed
 	popsignd=
-	if ninja -C "$build" daemon/popsignd tests/bench/issue_speed >&2; then
+	if ninja -C "$build" daemon/popsignd daemon/popsignd-signer tests/bench/issue_speed >&2; then
 		popsignd=$build/daemon/popsignd
 		ISSUE_SPEED=$build/tests/bench/issue_speed
 	else
