@@ -1,8 +1,11 @@
-/* Cleanup helpers for __attribute__((cleanup)).  Every destructor accepts NULL. */
+/* Cleanup helpers for __attribute__((cleanup)) (every destructor accepts
+ * NULL), and the few one-liners everything uses. */
 #ifndef POPSIGN_UTIL_H
 #define POPSIGN_UTIL_H
 
+#include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 static inline void freep(void *p)
@@ -31,5 +34,17 @@ static inline void closep(int *fd)
 		*_pp = NULL;                   \
 		_v;                            \
 	})
+
+/* A condition variable whose timed waits take CLOCK_MONOTONIC deadlines
+ * (immune to the wall clock being set). */
+static inline void cond_init_monotonic(pthread_cond_t *c)
+{
+	pthread_condattr_t attr;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(c, &attr);
+	pthread_condattr_destroy(&attr);
+}
 
 #endif

@@ -340,7 +340,6 @@ static int file_open(const char *path, int *ret_fd)
 int audit_open(const char *path, struct audit **ret)
 {
 	struct audit *a = calloc(1, sizeof(*a));
-	pthread_condattr_t attr;
 
 	if (!a)
 		return PS_E_IO;
@@ -355,10 +354,7 @@ int audit_open(const char *path, struct audit **ret)
 	}
 	pthread_mutex_init(&a->lock, NULL);
 	pthread_cond_init(&a->idle, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&a->company, &attr);
-	pthread_condattr_destroy(&attr);
+	cond_init_monotonic(&a->company);
 	*ret = a;
 	return 0;
 }

@@ -695,7 +695,6 @@ int signer_start(const struct config *cfg, struct signer **ret)
 {
 	struct signer *s = calloc(1, sizeof(*s));
 	struct channels *pool = NULL;
-	pthread_condattr_t attr;
 	pid_t pid = 0;
 	int fd = -1, r;
 
@@ -704,10 +703,7 @@ int signer_start(const struct config *cfg, struct signer **ret)
 	s->fd = -1;
 	s->wake[0] = s->wake[1] = -1;
 	pthread_mutex_init(&s->lock, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->chan_back, &attr);
-	pthread_condattr_destroy(&attr);
+	cond_init_monotonic(&s->chan_back);
 	s->timeout_ms = cfg->request_timeout ? cfg->request_timeout * 1000u
 					     : SIGNER_REQUEST_TIMEOUT_MS;
 	s->config_path = strdup(cfg->path);

@@ -465,14 +465,10 @@ static void free_proc(struct signer_proc *s)
 
 static void init_proc(struct signer_proc *s, int fd)
 {
-	pthread_condattr_t attr;
 
 	s->fd = fd;
 	pthread_mutex_init(&s->lock, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->monitor_wake, &attr);
-	pthread_condattr_destroy(&attr);
+	cond_init_monotonic(&s->monitor_wake);
 }
 
 static struct worker *workers_new(struct signer_proc *s)

@@ -220,7 +220,6 @@ static void token_free(struct token *t)
 static struct token *token_alloc(struct module *m, CK_SLOT_ID slot, const char *label)
 {
 	struct token *t = calloc(1, sizeof(*t));
-	pthread_condattr_t attr;
 
 	if (!t)
 		return NULL;
@@ -230,10 +229,7 @@ static struct token *token_alloc(struct module *m, CK_SLOT_ID slot, const char *
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_mutex_init(&t->login_lock, NULL);
 	/* Waits for a free session have deadlines on the monotonic clock. */
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&t->freed, &attr);
-	pthread_condattr_destroy(&attr);
+	cond_init_monotonic(&t->freed);
 	t->next_check = token_now_ms() + TOKEN_PROBE_MS;
 	t->backoff_ms = TOKEN_BACKOFF_MIN_MS;
 	return t;
