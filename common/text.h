@@ -30,7 +30,8 @@ int parse_uint(const char *text, unsigned long long min, unsigned long long max,
 
 /* Writes s as a JSON string, quotes included, at p and returns the end, or
  * NULL if s is not valid UTF-8 (RFC 3629: no overlong forms, no surrogates).
- * The output is ASCII and escaped as jansson escapes with JSON_ENSURE_ASCII:
+ * The output is ASCII and escaped as jansson escapes with JSON_ENSURE_ASCII
+ * (but for DEL, which jansson leaves as it is):
  * quote, backslash and the usual control characters by their short escapes,
  * other control characters, DEL and every non-ASCII character as \uXXXX
  * (a pair above U+FFFF).  p must have room for JSON_STRING_ROOM(strlen(s)) bytes. */

@@ -314,7 +314,8 @@ static int cut_torn_tail(const char *path, int fd, const struct stat *st)
 
 /* Opens path for appending: a regular file only (never through a symbolic
  * link, never blocking on a FIFO), created with exactly AUDIT_FILE_MODE
- * whatever the umask, an existing file keeping its mode. */
+ * whatever the umask, an existing file keeping its mode.  Its tail is not
+ * looked at: see open_tail(). */
 static int file_open(const char *path, int *ret_fd)
 {
 	const int flags = O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK;
@@ -330,11 +331,29 @@ static int file_open(const char *path, int *ret_fd)
 		return PS_E_IO;
 	if (fcntl(fd, F_SETFL, O_APPEND) < 0) /* drops O_NONBLOCK */
 		return PS_E_IO;
-	if (cut_torn_tail(path, fd, &st) < 0)
-		return PS_E_IO;
 	*ret_fd = fd;
 	fd = -1; /* NOLINT(clang-analyzer-deadcode.DeadStores): read by closep() at return */
 	return 0;
+}
+
+/* Cuts a torn tail off fd, the file at path.  Only for a file nobody is
+ * appending to: during a write the file may briefly end in part of a line,
+ * and cutting there would cut off records already committed. */
+static int open_tail(const char *path, int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return PS_E_IO;
+	return cut_torn_tail(path, fd, &st);
+}
+
+static bool same_file(int fd1, int fd2)
+{
+	struct stat st1, st2;
+
+	return fstat(fd1, &st1) == 0 && fstat(fd2, &st2) == 0 && st1.st_dev == st2.st_dev &&
+	       st1.st_ino == st2.st_ino;
 }
 
 int audit_open(const char *path, struct audit **ret)
@@ -347,7 +366,9 @@ int audit_open(const char *path, struct audit **ret)
 	a->reopen_fd = -1;
 	a->delay_ns = AUDIT_COMMIT_DELAY_US * 1000L;
 	a->path = strdup(path);
-	if (!a->path || file_open(path, &a->fd) < 0) {
+	if (!a->path || file_open(path, &a->fd) < 0 || open_tail(path, a->fd) < 0) {
+		if (a->fd >= 0)
+			close(a->fd);
 		free(a->path);
 		free(a);
 		return PS_E_IO;
@@ -403,26 +424,25 @@ void audit_set_commit_delay(struct audit *a, unsigned microseconds)
 	pthread_mutex_unlock(&a->lock);
 }
 
-int audit_reopen(struct audit *a, const char *path)
+/* The file audit_reopen() opened is the one in use: keep it.  Only a trail
+ * marked broken (a failed batch that could not be cut back) needs its tail
+ * cut, once no commit runs; none starts while it is broken. */
+static int keep_file(struct audit *a, const char *path)
 {
-	char *copy = path ? strdup(path) : NULL;
-	int fd;
-
-	if (path && !copy)
-		return PS_E_NOMEM;
-	if (file_open(copy ? copy : a->path, &fd) < 0) {
-		free(copy);
-		return PS_E_IO;
-	}
-	pthread_mutex_lock(&a->lock);
-	if (copy) {
-		free(a->path);
-		a->path = copy;
-	}
-	/* One switch at a time, made between two batches: by the leader as its
-	 * commit ends, or here if none is running. */
-	while (a->reopen_fd >= 0)
+	if (!a->broken)
+		return 0;
+	while (a->committing)
 		pthread_cond_wait(&a->idle, &a->lock);
+	if (open_tail(path, a->fd) < 0)
+		return PS_E_IO;
+	a->broken = false;
+	return 0;
+}
+
+/* Makes fd, another file, the trail: between two batches, by the leader as
+ * its commit ends, or here if none is running. */
+static void switch_to(struct audit *a, int fd)
+{
 	if (a->committing) {
 		a->reopen_fd = fd;
 		while (a->reopen_fd >= 0)
@@ -432,8 +452,38 @@ int audit_reopen(struct audit *a, const char *path)
 		a->fd = fd;
 		a->broken = false;
 	}
+}
+
+int audit_reopen(struct audit *a, const char *path)
+{
+	char *copy = path ? strdup(path) : NULL;
+	int fd, r = 0;
+
+	if (path && !copy)
+		return PS_E_NOMEM;
+	if (file_open(copy ? copy : a->path, &fd) < 0) {
+		free(copy);
+		return PS_E_IO;
+	}
+	pthread_mutex_lock(&a->lock);
+	while (a->reopen_fd >= 0) /* one switch at a time */
+		pthread_cond_wait(&a->idle, &a->lock);
+	if (same_file(fd, a->fd)) {
+		close(fd);
+		r = keep_file(a, copy ? copy : a->path);
+	} else if (open_tail(copy ? copy : a->path, fd) < 0) {
+		close(fd);
+		r = PS_E_IO;
+	} else {
+		switch_to(a, fd);
+	}
+	if (r == 0 && copy) {
+		free(a->path);
+		a->path = TAKE_PTR(copy);
+	}
 	pthread_mutex_unlock(&a->lock);
-	return 0;
+	free(copy);
+	return r;
 }
 
 void audit_close(struct audit *a)
@@ -441,7 +491,7 @@ void audit_close(struct audit *a)
 	if (!a)
 		return;
 	pthread_mutex_lock(&a->lock);
-	while (a->committing)
+	while (a->committing || a->pending.waiters)
 		pthread_cond_wait(&a->idle, &a->lock);
 	pthread_mutex_unlock(&a->lock);
 	close(a->fd);

@@ -3,8 +3,9 @@
  *
  * audit_write() returns only once its record is written and fsync'd; records
  * of concurrent callers are committed together (group commit), and a commit
- * waits up to AUDIT_COMMIT_DELAY_US for records announced as on their way.  A record is never torn: a write that cannot be completed is cut
- * back to the last whole line and reported as PS_E_AUDIT. */
+ * waits up to AUDIT_COMMIT_DELAY_US for records announced as on their way.
+ * A record is never torn: a write that cannot be completed is cut back to
+ * the last whole line and reported as PS_E_AUDIT. */
 #ifndef POPSIGN_AUDIT_H
 #define POPSIGN_AUDIT_H
 
@@ -35,12 +36,12 @@ struct audit_record {
 	bool announced;             /* audit_announce() was called for it */
 };
 
-/* Opens (creating with AUDIT_FILE_MODE) path for appending and starts the
- * writer thread.  Returns 0 and *ret (close with audit_close()), or PS_E_IO.
- * Refuses anything but a regular file (symbolic links, devices, FIFOs).  A
- * partial last line left by a crash is cut off; a file whose unterminated
- * tail is longer than AUDIT_RECORD_MAX is not an audit trail and is refused.
- * The same holds for audit_reopen(). */
+/* Opens (creating with AUDIT_FILE_MODE) path for appending.  Returns 0 and
+ * *ret (close with audit_close()), or PS_E_IO.  Refuses anything but a
+ * regular file (symbolic links, devices, FIFOs).  A partial last line left by
+ * a crash is cut off; a file whose unterminated tail is longer than
+ * AUDIT_RECORD_MAX is not an audit trail and is refused.  The same holds for
+ * audit_reopen() of another file. */
 int audit_open(const char *path, struct audit **ret);
 
 /* Appends rec and waits until it is durable.  Strings are JSON-escaped (the
@@ -62,11 +63,14 @@ void audit_announce(struct audit *a);
 void audit_set_commit_delay(struct audit *a, unsigned microseconds);
 
 /* Reopens the audit trail at path, or at the same path if path is NULL (log
- * rotation, SIGHUP).  On failure keeps the old file open and returns
- * PS_E_IO (or PS_E_NOMEM). */
+ * rotation, SIGHUP).  If that is still the file in use, it is kept as it is
+ * (its tail is never cut while records are being appended), and a trail
+ * marked broken is repaired.  On failure keeps the old file open and
+ * returns PS_E_IO (or PS_E_NOMEM). */
 int audit_reopen(struct audit *a, const char *path);
 
-/* Flushes, stops the writer thread, closes.  Accepts NULL. */
+/* Waits for the commits under way, then closes.  Call it once no caller is
+ * in audit_write() or can enter it.  Accepts NULL. */
 void audit_close(struct audit *a);
 
 #endif

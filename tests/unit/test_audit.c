@@ -616,6 +616,76 @@ START_TEST(reopen_under_load)
 }
 END_TEST
 
+struct big_writer_arg {
+	struct audit *a;
+	atomic_bool *stop;
+	unsigned written;
+	unsigned failures;
+};
+
+/* Writes records of about 2.7 KB, so that a write often spans a page
+ * boundary, until told to stop. */
+static void *big_writer(void *p)
+{
+	struct big_writer_arg *w = p;
+	char context[2600];
+
+	memset(context, 'x', sizeof(context) - 1);
+	context[sizeof(context) - 1] = '\0';
+	while (!atomic_load(w->stop)) {
+		struct audit_record rec = denied(w->written);
+
+		rec.context = context;
+		if (audit_write(w->a, &rec) == 0)
+			w->written++;
+		else
+			w->failures++;
+	}
+	return NULL;
+}
+
+START_TEST(reopen_of_the_file_in_use_loses_nothing)
+{
+	struct big_writer_arg args[3];
+	pthread_t threads[3];
+	atomic_bool stop = false;
+	struct audit *a = open_ok();
+	unsigned written = 0, lines = 0;
+	double until = now_s() + 0.5;
+	size_t len;
+	char *text;
+
+	/* SIGHUP without rotation reopens the file being written.  Its tail
+	 * must not be taken for a torn line: a write in progress can leave the
+	 * file ending in part of a line for a moment. */
+	audit_set_commit_delay(a, 0);
+	for (unsigned t = 0; t < 3; t++) {
+		args[t] = (struct big_writer_arg){ .a = a, .stop = &stop };
+		ck_assert_int_eq(pthread_create(&threads[t], NULL, big_writer, &args[t]), 0);
+	}
+	while (now_s() < until) {
+		ck_assert_int_eq(audit_reopen(a, NULL), 0);
+		usleep(200);
+	}
+	atomic_store(&stop, true);
+	for (unsigned t = 0; t < 3; t++) {
+		pthread_join(threads[t], NULL);
+		ck_assert_uint_eq(args[t].failures, 0);
+		written += args[t].written;
+	}
+	audit_close(a);
+	/* Tens of megabytes: counted rather than parsed line by line. */
+	text = slurp(path, &len);
+	ck_assert_uint_gt(written, 0);
+	ck_assert_msg(len > 0 && text[len - 1] == '\n', "the file ends in part of a line");
+	ck_assert_ptr_null(memchr(text, '\0', len));
+	for (char *p = text; (p = memchr(p, '\n', len - (size_t)(p - text))); p++)
+		lines++;
+	ck_assert_uint_eq(lines, written);
+	free(text);
+}
+END_TEST
+
 /* The steps of the child in write_failure_cut_back; its exit status is the
  * number of the first step that went wrong, 0 if none. */
 static int fsize_child(void)
@@ -754,6 +824,7 @@ static Suite *audit_suite(void)
 	tcase_add_test(file, close_null);
 	tcase_add_test(conc, concurrent_writers);
 	tcase_add_test(conc, reopen_under_load);
+	tcase_add_test(conc, reopen_of_the_file_in_use_loses_nothing);
 	tcase_add_test(conc, announced_records_share_a_commit);
 	tcase_add_test(conc, wait_for_missing_record_is_bounded);
 	tcase_add_test(fail, write_failure_cut_back);
