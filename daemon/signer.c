@@ -65,7 +65,7 @@ enum served { SERVED_STOP, SERVED_GONE, SERVED_HUNG };
 
 struct signer {
 	char *config_path;
-	char *exe;                      /* popsignd-signer */
+	int exe_fd;                     /* popsignd-signer, O_PATH: the file found at start */
 	pthread_mutex_t lock;
 	int fd;                         /* -1 while the signer is down */
 	pid_t pid;
@@ -98,38 +98,47 @@ static long long now_ms(void)
 
 /* ---- the signer process ------------------------------------------------- */
 
-/* Where popsignd-signer is, tried in this order: beside this executable (the
- * build tree), where the install puts it relative to popsignd (sbindir to
- * libexecdir: a DESTDIR install runs as well), and its installed path.
- * Returns 0 and *ret (free it), or PS_E_IO if none is executable. */
-static int locate_signer(char **ret)
+/* Opens popsignd-signer, looked for in this order: beside this executable
+ * (the build tree), where the install puts it relative to popsignd (sbindir
+ * to libexecdir: a DESTDIR install runs as well), and its installed path.
+ * It is opened once, O_PATH, and every signer started later runs that very
+ * file: after a package upgrade replaced it, restarts still run the signer
+ * that matches this front end.  Returns 0 and *ret_fd, or PS_E_IO if none is
+ * an executable file. */
+static int open_signer(int *ret_fd)
 {
 	const char *const beside[] = { SIGNER_EXE_NAME, POPSIGND_SIGNER_RELPATH };
 	char exe[PATH_MAX], path[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe));
 	char *slash = NULL;
+	int fd;
 
-	if (n > 0) {
+	if (n > 0 && (size_t)n < sizeof(exe)) {
 		exe[n] = '\0';
 		slash = strrchr(exe, '/');
 	}
 	for (size_t k = 0; slash && k < ELEMENTSOF(beside); k++) {
 		int len = snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - exe), exe, beside[k]);
 
-		if (beside[k][0] && len > 0 && (size_t)len < sizeof(path) && access(path, X_OK) == 0) {
-			*ret = strdup(path);
-			return *ret ? 0 : PS_E_NOMEM;
-		}
+		if (beside[k][0] && len > 0 && (size_t)len < sizeof(path) && access(path, X_OK) == 0)
+			break;
+		path[0] = '\0';
 	}
-	if (access(POPSIGND_SIGNER_PATH, X_OK) < 0)
+	if (!slash || !path[0])
+		snprintf(path, sizeof(path), "%s", POPSIGND_SIGNER_PATH);
+	fd = open(path, O_PATH | O_CLOEXEC);
+	if (fd < 0 || access(path, X_OK) < 0) {
+		if (fd >= 0)
+			close(fd);
 		return PS_E_IO;
-	*ret = strdup(POPSIGND_SIGNER_PATH);
-	return *ret ? 0 : PS_E_NOMEM;
+	}
+	*ret_fd = fd;
+	return 0;
 }
 
-/* fork() and exec() "popsignd-signer --signer 3 -c PATH".  Between the two
- * only async-signal-safe calls: this process has threads. */
-static int spawn(const char *exe, const char *config_path, int *ret_fd, pid_t *ret_pid)
+/* fork() and exec() "popsignd-signer --signer 3 -c PATH" from exe_fd.
+ * Between the two only async-signal-safe calls: this process has threads. */
+static int spawn(int exe_fd, const char *config_path, int *ret_fd, pid_t *ret_pid)
 {
 	int sv[2];
 	pid_t pid;
@@ -149,7 +158,7 @@ static int spawn(const char *exe, const char *config_path, int *ret_fd, pid_t *r
 			(void)fcntl(SIGNER_FD, F_SETFD, 0);
 		else if (dup2(sv[1], SIGNER_FD) < 0)
 			_exit(127);
-		execv(exe, argv);
+		execveat(exe_fd, "", argv, environ, AT_EMPTY_PATH);
 		_exit(127);
 	}
 	close(sv[1]);
@@ -371,7 +380,7 @@ static int start_process(struct signer *s, int timeout_ms, int *ret_fd, pid_t *r
 	int fd = -1, r;
 	pid_t pid = 0;
 
-	r = spawn(s->exe, s->config_path, &fd, &pid);
+	r = spawn(s->exe_fd, s->config_path, &fd, &pid);
 	if (r == 0)
 		r = recv_with_timeout(fd, s->wake[0], &m, timeout_ms, NULL);
 	if (r == 0 && m.h.type != SIGNER_MSG_HELLO)
@@ -702,6 +711,7 @@ int signer_start(const struct config *cfg, struct signer **ret)
 		return PS_E_NOMEM;
 	s->fd = -1;
 	s->wake[0] = s->wake[1] = -1;
+	s->exe_fd = -1;
 	pthread_mutex_init(&s->lock, NULL);
 	cond_init_monotonic(&s->chan_back);
 	s->timeout_ms = cfg->request_timeout ? cfg->request_timeout * 1000u
@@ -709,7 +719,7 @@ int signer_start(const struct config *cfg, struct signer **ret)
 	s->config_path = strdup(cfg->path);
 	r = s->config_path && pipe2(s->wake, O_CLOEXEC) == 0 ? 0 : PS_E_IO;
 	if (r == 0) {
-		r = locate_signer(&s->exe);
+		r = open_signer(&s->exe_fd);
 		if (r == PS_E_IO)
 			log_error("cannot find %s beside popsignd or at %s", SIGNER_EXE_NAME,
 				  POPSIGND_SIGNER_PATH);
@@ -1063,7 +1073,8 @@ void signer_free(struct signer *s)
 	for (size_t i = 0; i < s->n_states; i++)
 		free(s->states[i]);
 	free(s->config_path);
-	free(s->exe);
+	if (s->exe_fd >= 0)
+		close(s->exe_fd);
 	pthread_cond_destroy(&s->chan_back);
 	pthread_mutex_destroy(&s->lock);
 	free(s);

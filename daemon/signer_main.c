@@ -407,6 +407,9 @@ static void harden(void)
 	(void)setrlimit(RLIMIT_CORE, &none);
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	(void)prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+	/* Started by execveat() from a descriptor, older kernels would name it
+	 * after the descriptor's number. */
+	(void)prctl(PR_SET_NAME, "popsignd-signer", 0, 0, 0);
 }
 
 /* Stops the workers and the monitor.  A thread hung in a module never

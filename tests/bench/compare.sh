@@ -10,6 +10,8 @@
 #   tests/bench/compare.sh KEY CONNECTIONS POPSIGND-A POPSIGND-B ...
 #   e.g. tests/bench/compare.sh ec256 4 /tmp/popsignd-before build/daemon/popsignd
 #
+# Each POPSIGND runs the popsignd-signer beside it (as in a build directory's
+# daemon/), or the installed one: keep the two together when copying a build.
 # KEY is ec256 or rsa2048.  Environment: COMPARE_ROUNDS (default 3),
 # COMPARE_SECONDS (default 4), WORKERS (popsignd's workers).  Needs wrk
 # (tests/bench/run.sh installs it).  Targets 127.0.0.1 only.

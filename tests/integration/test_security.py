@@ -5,6 +5,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import tempfile
 import threading
 import time
 import unittest
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -203,6 +205,38 @@ class PrivilegeSeparationTest(SecurityBase):
         self.assertTrue(d.alive())
         self.assertNotEqual(signer_pid(d), first)
         self.assertIn('the signer process stopped', d.stderr)
+        d.stop()
+
+
+    def test_restarted_signer_is_the_file_found_at_start(self):
+        # A package upgrade replaces popsignd-signer while popsignd runs: a
+        # signer restarted afterwards must still be the one popsignd started
+        # with (the new one may speak another version of the messages).
+        bin_dir = tempfile.mkdtemp(prefix='bin-', dir=self.dir)
+        daemon = shutil.copy(h.popsignd_path(), bin_dir)
+        signer_exe = shutil.copy(os.path.join(os.path.dirname(h.popsignd_path()),
+                                              'popsignd-signer'), bin_dir)
+        with mock.patch.dict(os.environ, {'POPSIGND': daemon}):
+            d = self.start('upgrade.conf')
+        first = signer_pid(d)
+        self.assertEqual(sign(d.port, 'ec256', self.caller.token).status, 201)
+        os.unlink(signer_exe)
+        with open(signer_exe, 'w') as f:
+            f.write('#!/bin/sh\nexit 1\n')
+        os.chmod(signer_exe, 0o755)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        status = None
+        while time.monotonic() < deadline:
+            status = sign(d.port, 'ec256', self.caller.token).status
+            if status == 201:
+                break
+            time.sleep(0.05)
+        self.assertEqual(status, 201, 'the signer did not come back:\n' + d.stderr)
+        second = signer_pid(d)
+        self.assertNotEqual(second, first)
+        with open('/proc/%d/comm' % second) as f:
+            self.assertEqual(f.read().strip(), 'popsignd-signer')
         d.stop()
 
 
