@@ -24,6 +24,7 @@
 #include "testdir.h"
 #include "audit.h"
 #include "error.h"
+#include "check_run.h"
 
 static char dir[] = "/tmp/popsign-audit-XXXXXX";
 static atomic_uint syncs;
@@ -837,11 +838,5 @@ static Suite *audit_suite(void)
 
 int main(void)
 {
-	SRunner *sr = srunner_create(audit_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(audit_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }

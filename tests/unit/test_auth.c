@@ -12,6 +12,7 @@
 #include "config.h"
 #include "error.h"
 #include "text.h"
+#include "check_run.h"
 
 #define GOOD_URI "pkcs11:token=t;object=k;type=private" \
 	"?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/p/k.pin"
@@ -270,7 +271,6 @@ int main(void)
 {
 	Suite *s = suite_create("auth");
 	TCase *tc = tcase_create("auth");
-	SRunner *sr;
 	int failed;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
@@ -283,9 +283,6 @@ int main(void)
 	tcase_add_test(tc, may_use_key);
 	tcase_add_test(tc, peer_credentials);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(s);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -36,6 +36,7 @@
 #include "jwt.h"
 #include "retry.h"
 #include "transport.h"
+#include "check_run.h"
 
 #define YEAR_0001 (-62135596800LL)
 
@@ -1674,15 +1675,11 @@ static Suite *azure_suite(void)
 
 int main(void)
 {
-	SRunner *sr;
 	int failed;
 
 	if (transport_global_init() < 0)
 		return 1;
-	sr = srunner_create(azure_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(azure_suite());
 	transport_global_cleanup();
 	return failed == 0 ? 0 : 1;
 }

@@ -29,6 +29,7 @@
 #include "output.h"
 #include "text.h"
 #include "transport.h"
+#include "check_run.h"
 
 #define CODE48 "3F2A9C1B7E6D5A4F3E2D1C0B9A8F7E6D5C4B3A2F1E0D9C8B"
 
@@ -1364,16 +1365,12 @@ static Suite *client_suite(void)
 
 int main(void)
 {
-	SRunner *sr;
 	int failed;
 
 	/* Before any test forks, as popsign's main does. */
 	if (transport_global_init() < 0)
 		return 1;
-	sr = srunner_create(client_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(client_suite());
 	transport_global_cleanup();
 	return failed == 0 ? 0 : 1;
 }

@@ -5,6 +5,7 @@
 
 #include "code.h"
 #include "error.h"
+#include "check_run.h"
 
 #define AZURE_CODE "3F2A9C1B7E6D5A4F3E2D1C0B9A8F7E6D5C4B3A2F1E0D9C8B"
 
@@ -60,15 +61,11 @@ int main(void)
 {
 	Suite *s = suite_create("code");
 	TCase *tc = tcase_create("validate");
-	SRunner *sr;
 	int failed;
 
 	tcase_add_test(tc, good_codes);
 	tcase_add_test(tc, bad_codes);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(s);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "error.h"
 #include "uri.h"
+#include "check_run.h"
 
 #define MODULE "module-path=/usr/lib/softhsm/libsofthsm2.so"
 #define GOOD_URI "pkcs11:token=t;object=k;type=private?" MODULE "&pin-source=file:/etc/p/k.pin"
@@ -945,7 +946,6 @@ int main(void)
 	Suite *s = suite_create("config");
 	TCase *parsers = tcase_create("parsers");
 	TCase *files = tcase_create("files");
-	SRunner *sr;
 	int failed;
 
 	tcase_add_test(parsers, duration_good);
@@ -979,9 +979,6 @@ int main(void)
 	tcase_add_test(files, arbitrary_bytes);
 	suite_add_tcase(s, files);
 
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(s);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

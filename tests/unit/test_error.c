@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "check_run.h"
 
 struct row {
 	const char *name;
@@ -95,7 +96,6 @@ int main(void)
 {
 	Suite *s = suite_create("error");
 	TCase *tc = tcase_create("table");
-	SRunner *sr;
 	int failed;
 
 	tcase_add_test(tc, every_entry);
@@ -103,9 +103,6 @@ int main(void)
 	tcase_add_test(tc, known_values);
 	tcase_add_test(tc, unknown_values);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(s);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -23,6 +23,7 @@
 #include "error.h"
 #include "issue.h"
 #include "text.h"
+#include "check_run.h"
 
 #define CODE48 "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF"
 #define VALIDITY 86400u
@@ -1225,14 +1226,10 @@ static Suite *issue_suite(void)
 
 int main(void)
 {
-	SRunner *sr;
 	int failed;
 
 	setup_all();
-	sr = srunner_create(issue_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(issue_suite());
 	teardown_all();
 	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -16,6 +16,7 @@
 
 #include "error.h"
 #include "metrics.h"
+#include "check_run.h"
 
 /* ---- a strict reader of the text format ---- */
 
@@ -806,11 +807,5 @@ static Suite *metrics_suite(void)
 
 int main(void)
 {
-	SRunner *sr = srunner_create(metrics_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(metrics_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }

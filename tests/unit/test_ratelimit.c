@@ -12,6 +12,7 @@
 
 #include "error.h"
 #include "ratelimit.h"
+#include "check_run.h"
 
 static struct limits *new_ok(size_t n)
 {
@@ -306,11 +307,5 @@ static Suite *limits_suite(void)
 
 int main(void)
 {
-	SRunner *sr = srunner_create(limits_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(limits_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }

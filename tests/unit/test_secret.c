@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "secret.h"
+#include "check_run.h"
 
 static char dir[PATH_MAX];
 static char path[PATH_MAX + 32];
@@ -164,7 +165,6 @@ int main(void)
 {
 	Suite *s = suite_create("secret");
 	TCase *tc = tcase_create("read_file");
-	SRunner *sr;
 	int failed;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
@@ -174,9 +174,6 @@ int main(void)
 	tcase_add_test(tc, not_found_and_not_files);
 	tcase_add_test(tc, contents_refused);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(s);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

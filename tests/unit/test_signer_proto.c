@@ -13,6 +13,7 @@
 
 #include "error.h"
 #include "signer_proto.h"
+#include "check_run.h"
 
 static uint32_t workers[3] = { 0, 1500, 70000 };
 static struct signer_key_status keys[2] = { { true, "ready" }, { false, "token not present" } };
@@ -351,7 +352,6 @@ int main(void)
 {
 	Suite *s = suite_create("signer_proto");
 	TCase *tc = tcase_create("payloads");
-	SRunner *sr;
 	int failed;
 
 	tcase_add_test(tc, ping_round_trip);
@@ -367,9 +367,6 @@ int main(void)
 	tcase_add_test(tc, descriptor_with_bad_framing_closed);
 	tcase_add_test(tc, two_descriptors_refused);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(s);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -7,6 +7,7 @@
 
 #include "error.h"
 #include "text.h"
+#include "check_run.h"
 
 START_TEST(hex_encode_cases)
 {
@@ -238,7 +239,6 @@ int main(void)
 {
 	Suite *s = suite_create("text");
 	TCase *tc = tcase_create("text");
-	SRunner *sr;
 	int failed;
 
 	tcase_add_test(tc, hex_encode_cases);
@@ -251,9 +251,6 @@ int main(void)
 	tcase_add_test(tc, json_string_escapes);
 	tcase_add_test(tc, json_string_refuses_bad_utf8);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(s);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -30,6 +30,7 @@
 #include "error.h"
 #include "token.h"
 #include "uri.h"
+#include "check_run.h"
 
 static char base[64];       /* removed at the end */
 static char shared[128];    /* the shared token's directory */
@@ -1047,7 +1048,6 @@ static void faulty_module_path(void)
 int main(void)
 {
 	char cmd[512];
-	SRunner *sr;
 	int failed;
 
 	module_path = getenv("POPSIGN_TEST_MODULE") ?: "/usr/lib/softhsm/libsofthsm2.so";
@@ -1067,10 +1067,7 @@ int main(void)
 		goto out;
 	}
 	restore_conf();
-	sr = srunner_create(token_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	failed = check_run(token_suite());
 out:
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", base);
 	if (system(cmd) != 0)

@@ -5,6 +5,7 @@
 
 #include "error.h"
 #include "uri.h"
+#include "check_run.h"
 
 #define MOD "module-path=/usr/lib/softhsm/libsofthsm2.so"
 
@@ -321,11 +322,5 @@ static Suite *uri_suite(void)
 
 int main(void)
 {
-	SRunner *sr = srunner_create(uri_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(uri_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }
