@@ -9,8 +9,9 @@
  * Before taking the batch, a leader waits a little for records announced
  * and not yet written: at a steady load certificates come out of the signer
  * one at a time, and without that wait nearly every record would pay for an
- * fdatasync of its own.  A
- * batch that cannot be written and synced is cut back to the file size it
+ * fdatasync of its own.
+ *
+ * A batch that cannot be written and synced is cut back to the file size it
  * started from, so the file only ever ends in a whole line; every caller in
  * it gets PS_E_AUDIT.  If even that cut fails, the trail is marked broken and
  * refuses records until a successful audit_reopen(): the daemon fails closed.
