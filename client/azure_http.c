@@ -31,19 +31,10 @@ bool azure_host_is_loopback(const char *host)
 static const char *url_problem(CURLU *u, const char *scheme, const char *host,
 			       enum azure_url_policy policy)
 {
-	char *path = NULL;
-	bool path_ok;
+	const char *extra = transport_url_extra(u);
 
-	if (transport_url_has(u, CURLUPART_USER) || transport_url_has(u, CURLUPART_PASSWORD))
-		return "a user or password does not belong in the URL";
-	if (transport_url_has(u, CURLUPART_QUERY) || transport_url_has(u, CURLUPART_FRAGMENT))
-		return "a query or fragment does not belong in the URL";
-	if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
-		return "not a valid URL";
-	path_ok = path[0] == '\0' || strcmp(path, "/") == 0;
-	curl_free(path);
-	if (!path_ok)
-		return "a path does not belong in the URL";
+	if (extra)
+		return extra;
 	if (strcmp(scheme, "https") == 0)
 		return NULL;
 	if (strcmp(scheme, "http") != 0)

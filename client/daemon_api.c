@@ -81,21 +81,10 @@ out:
 /* Why url, parsed into u, is not a popsignd URL; NULL if it is one. */
 static const char *url_problem(CURLU *u, const char *url)
 {
-	char *path = NULL;
-	bool path_ok;
-
 	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
 	    !transport_url_has(u, CURLUPART_HOST))
 		return "not a valid URL with a host";
-	if (transport_url_has(u, CURLUPART_USER) || transport_url_has(u, CURLUPART_PASSWORD))
-		return "a user or password does not belong in the URL";
-	if (transport_url_has(u, CURLUPART_QUERY) || transport_url_has(u, CURLUPART_FRAGMENT))
-		return "a query or fragment does not belong in the URL";
-	if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
-		return "not a valid URL";
-	path_ok = path[0] == '\0' || strcmp(path, "/") == 0;
-	curl_free(path);
-	return path_ok ? NULL : "a path does not belong in the URL";
+	return transport_url_extra(u);
 }
 
 /* "unix:/PATH": an absolute path that fits in sockaddr_un. */

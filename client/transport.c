@@ -37,6 +37,22 @@ bool transport_url_has(CURLU *u, CURLUPart part)
 	return has;
 }
 
+const char *transport_url_extra(CURLU *u)
+{
+	char *path = NULL;
+	bool path_ok;
+
+	if (transport_url_has(u, CURLUPART_USER) || transport_url_has(u, CURLUPART_PASSWORD))
+		return "a user or password does not belong in the URL";
+	if (transport_url_has(u, CURLUPART_QUERY) || transport_url_has(u, CURLUPART_FRAGMENT))
+		return "a query or fragment does not belong in the URL";
+	if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+		return "not a valid URL";
+	path_ok = path[0] == '\0' || strcmp(path, "/") == 0;
+	curl_free(path);
+	return path_ok ? NULL : "a path does not belong in the URL";
+}
+
 void transport_response_clear(struct transport_response *r)
 {
 	if (!r)

@@ -76,6 +76,10 @@ void transport_response_clear(struct transport_response *r);
 /* Whether the parsed URL u has a non-empty part (a user, a query, ...). */
 bool transport_url_has(CURLU *u, CURLUPart part);
 
+/* Why the parsed URL u is more than an origin (scheme, host, port): a user,
+ * password, query, fragment or path other than "/"; NULL if it is not. */
+const char *transport_url_extra(CURLU *u);
+
 /* For _cleanup_(): frees a CURLU.  Accepts a NULL one. */
 static inline void curl_url_cleanupp(CURLU **u)
 {
