@@ -794,6 +794,43 @@ START_TEST(foreign_file_refused)
 }
 END_TEST
 
+/* audit_reopen() at another path checks that file as audit_open() does:
+ * a foreign file is refused and the trail stays where it was (a later
+ * reopen without a path reopens the old one); a torn tail is cut. */
+START_TEST(reopen_at_new_path_checks_the_file)
+{
+	static char junk[AUDIT_RECORD_MAX + 100];
+	char other[sizeof(path) + 8], torn[sizeof(path) + 8];
+	static const char torn_text[] = "{\"time\":\"x\"}\n{\"time\":";
+	struct audit_record rec = denied(1);
+	struct audit *a = open_ok();
+	json_t *lines;
+
+	snprintf(other, sizeof(other), "%s.other", path);
+	snprintf(torn, sizeof(torn), "%s.torn", path);
+	memset(junk, 'x', sizeof(junk));
+	write_file(other, junk, sizeof(junk));
+	ck_assert_int_eq(audit_reopen(a, other), PS_E_IO);
+	ck_assert_int_eq(file_size(other), sizeof(junk));
+	ck_assert_int_eq(audit_reopen(a, NULL), 0);
+	write_ok(a, &rec);
+	ck_assert_int_eq(file_size(other), sizeof(junk));
+	write_file(torn, torn_text, strlen(torn_text));
+	ck_assert_int_eq(audit_reopen(a, torn), 0);
+	rec.request_id = 2;
+	write_ok(a, &rec);
+	audit_close(a);
+	lines = read_lines(path);
+	ck_assert_uint_eq(json_array_size(lines), 1);
+	json_decref(lines);
+	lines = read_lines(torn); /* the torn line is gone, record 2 follows */
+	ck_assert_uint_eq(json_array_size(lines), 2);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(lines, 1),
+							    "request_id")), 2);
+	json_decref(lines);
+}
+END_TEST
+
 START_TEST(close_null)
 {
 	audit_close(NULL);
@@ -822,6 +859,7 @@ static Suite *audit_suite(void)
 	tcase_add_test(file, reopen_failure_keeps_old_file);
 	tcase_add_test(file, torn_tail_cut_on_open);
 	tcase_add_test(file, foreign_file_refused);
+	tcase_add_test(file, reopen_at_new_path_checks_the_file);
 	tcase_add_test(file, close_null);
 	tcase_add_test(conc, concurrent_writers);
 	tcase_add_test(conc, reopen_under_load);
