@@ -1,6 +1,7 @@
 """Issue 3: privilege separation, Unix-socket callers, limits, the audit
 trail, reload, socket activation and systemd notifications, against a real
 popsignd on a real SoftHSM2 token."""
+import inspect
 import json
 import os
 import re
@@ -266,10 +267,11 @@ class UnixSocketTest(SecurityBase):
                                            {'verification_code': code})
         self.assertEqual(status, 403, body)
         # A caller running as uid 65534 (nobody) is recognised as 'nobody'.
-        script = ('import sys; sys.path.insert(0, %r); import test_security as t; '
-                  's, _, b = t.UnixHTTP.request(%r, "POST", %r, {"verification_code": "AB12"}); '
-                  'print(s)' % (os.path.dirname(os.path.abspath(__file__)), sock,
-                                h.sign_path('rsa2048')))
+        # The script carries UnixHTTP's source: the checkout may be a directory
+        # that user cannot read (a clone under a mktemp -d directory, 0700).
+        script = ('import json, socket\n' + inspect.getsource(UnixHTTP) +
+                  's, _, b = UnixHTTP.request(%r, "POST", %r, {"verification_code": "AB12"})\n'
+                  'print(s)\n' % (sock, h.sign_path('rsa2048')))
         out = subprocess.run([python, '-c', script], user=65534, group=65534,
                              capture_output=True, timeout=30, cwd='/')
         self.assertEqual(out.stdout.decode().strip(), '201', out.stderr.decode())
